@@ -1,0 +1,163 @@
+"""Command line: run / teacher / list (compare, report and bench build on the same pieces).
+
+    python run_kd.py RECIPE.yaml [key=value ...]      train every method of the recipe
+    python run_kd.py teacher PAIR [key=value ...]     train (or report) the pair's teacher
+    python run_kd.py list [models|datasets|distillers|pairs|recipes]
+
+Bad input of any kind (recipe, argument, data folder, checkpoint) prints one line and exits with
+code 2; --debug shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from kd.errors import KDError
+
+COMMANDS = ("run", "teacher", "list")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors become one KDError line too
+        raise KDError(f"{self.prog}: {message}; see --help")
+
+
+def make_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="run_kd.py", description="kd: knowledge distillation for image classifiers")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", parser_class=ArgumentParser)
+    run = sub.add_parser("run", help="train the students of a recipe")
+    run.add_argument("recipe", help="recipe YAML file")
+    run.add_argument("overrides", nargs="*", help="key=value (dotted for sections: kd.T=2)")
+    teacher = sub.add_parser("teacher", help="train a pair's teacher, or report the one it has")
+    teacher.add_argument("pair")
+    teacher.add_argument("overrides", nargs="*", help="key=value overrides of the teacher recipe")
+    teacher.add_argument("--retrain", action="store_true", help="train even when the checkpoint exists")
+    listing = sub.add_parser("list", help="show models, data sets, distillers, pairs and recipes")
+    listing.add_argument("what", nargs="?", default="all",
+                         choices=["all", "models", "datasets", "distillers", "pairs", "recipes"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    # `run_kd.py RECIPE.yaml ...` is short for `run_kd.py run RECIPE.yaml ...`
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first is not None and first not in COMMANDS:
+        argv.insert(argv.index(first), "run")
+    try:
+        args = make_parser().parse_args(argv)
+        if args.command is None:
+            make_parser().print_help()
+            return 0
+        return {"run": cmd_run, "teacher": cmd_teacher, "list": cmd_list}[args.command](args)
+    except KDError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished epochs are kept in the run directory", file=sys.stderr)
+        return 130
+
+
+def console():
+    from rich.console import Console
+
+    import sys as _sys
+
+    return Console(highlight=False, width=None if _sys.stdout.isatty() else 160)
+
+
+def progress_bar(con):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=con, transient=True)
+
+
+def cmd_run(args) -> int:
+    from kd.recipe import load_recipe
+    from kd.run import run_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    con = console()
+    with progress_bar(con) as progress:
+        result = run_recipe(recipe, con, progress)
+    print_summary(con, result)
+    return 0
+
+
+def print_summary(con, result) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"test top-1 (%), {result.run_dir}")
+    for column in ("student", "seed", "last epoch", "best epoch", "teacher"):
+        table.add_column(column, justify="left" if column == "student" else "right")
+    teacher = "-" if result.teacher_top1 is None else f"{result.teacher_top1:.2f}"
+    for row in result.rows:
+        table.add_row(row["method"], str(row["seed"]), f"{row['last_top1']:.2f}", f"{row['best_top1']:.2f}", teacher)
+    con.print(table)
+
+
+def cmd_teacher(args) -> int:
+    from kd.engine.checkpoint import read_checkpoint
+    from kd.pairs import get_pair
+    from kd.teacher import train_teacher
+
+    pair = get_pair(args.pair)
+    con = console()
+    if pair.checkpoint_path.is_file() and not args.retrain:
+        state = read_checkpoint(pair.checkpoint_path, "teacher checkpoint")
+        top1 = state.get("test_top1") if isinstance(state, dict) else None
+        con.print(f"pair '{pair.name}': teacher {pair.teacher} at {pair.checkpoint_path}"
+                  + (f" (test top-1 {top1:.2f}%)" if isinstance(top1, float) else "")
+                  + "; --retrain trains it again")
+        return 0
+    with progress_bar(con) as progress:
+        train_teacher(pair, args.overrides, con, progress)
+    return 0
+
+
+def cmd_list(args) -> int:
+    from rich.table import Table
+
+    from kd.config import describe
+    from kd.data import DATASETS
+    from kd.distillers import DISTILLERS
+    from kd.models import model_names
+    from kd.pairs import ROOT, all_pairs
+
+    con = console()
+    what = args.what
+    if what in ("all", "models"):
+        con.print("[bold]models[/]: " + ", ".join(model_names()))
+    if what in ("all", "datasets"):
+        for name in DATASETS.names():
+            options = ", ".join(f"{n}={d}" for n, _, d, _ in describe(DATASETS.get(name).Options))
+            con.print(f"[bold]data set[/] {name}" + (f"  ({options})" if options else ""))
+    if what in ("all", "distillers"):
+        for name in DISTILLERS.names():
+            cls = DISTILLERS.get(name)
+            options = ", ".join(f"{n}={d}" for n, _, d, _ in describe(cls.Options))
+            doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+            con.print(f"[bold]distiller[/] {name}: {doc}  ({options})")
+    if what in ("all", "pairs"):
+        table = Table(title="pairs (teachers/pairs.yaml)")
+        for column in ("pair", "teacher", "student", "data set", "teacher checkpoint"):
+            table.add_column(column)
+        for name, pair in all_pairs().items():
+            have = "present" if pair.checkpoint_path.is_file() else (
+                "trained on demand" if pair.train_on_demand else f"missing: run_kd.py teacher {name}")
+            table.add_row(name, pair.teacher, pair.student, pair.dataset, f"{pair.teacher_checkpoint} ({have})")
+        con.print(table)
+    if what in ("all", "recipes"):
+        recipes = sorted(p.relative_to(ROOT) for p in (ROOT / "recipes").rglob("*.yaml"))
+        con.print("[bold]recipes[/]:\n  " + "\n  ".join(str(p) for p in recipes))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

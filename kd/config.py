@@ -1,0 +1,129 @@
+"""Typed option records built from plain mappings, with one-line errors that say where and how to fix.
+
+Recipes, distiller options and data-set options are all dataclasses; `build(cls, mapping, where)` is the
+one place that checks keys (nearest valid key suggested), types, choices and ranges. A field states its
+range in its metadata: `field(default=..., metadata={"min": 0})` (or "gt" for a strict bound).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, Mapping, Union
+
+from kd.errors import KDError
+from kd.registry import nearest
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict or tp is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+            type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+_NO = object()
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    """Return `value` as type `tp`, or _NO when it does not fit."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            out = _coerce(arg, value)
+            if out is not _NO:
+                return out
+        return _NO
+    if origin is Literal:
+        return value if value in typing.get_args(tp) else _NO
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            return _NO
+        items = [_coerce(typing.get_args(tp)[0], v) for v in value]
+        return _NO if any(i is _NO for i in items) else items
+    if origin is dict or tp is dict:
+        return dict(value) if isinstance(value, Mapping) else _NO
+    if tp is type(None):
+        return None if value is None else _NO
+    if tp is bool:
+        return value if isinstance(value, bool) else _NO
+    if tp is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _NO
+    if tp is float:
+        if isinstance(value, bool):
+            return _NO
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 5e-4 as a string; accept what is clearly a number
+            try:
+                return float(value)
+            except ValueError:
+                return _NO
+        return _NO
+    if tp is str:
+        return value if isinstance(value, str) else _NO
+    return value
+
+
+def _check_range(name: str, value: Any, meta: Mapping, where: str) -> None:
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        if "min" in meta and v < meta["min"]:
+            raise KDError(f"{where}: '{name}' is {v}, but it must be >= {meta['min']}")
+        if "gt" in meta and v <= meta["gt"]:
+            raise KDError(f"{where}: '{name}' is {v}, but it must be > {meta['gt']}")
+        if "max" in meta and v > meta["max"]:
+            raise KDError(f"{where}: '{name}' is {v}, but it must be <= {meta['max']}")
+
+
+def build(cls: type, data: Mapping[str, Any] | None, where: str, lines: Mapping[str, int] | None = None,
+          prefix: str = ""):
+    """Build dataclass `cls` from `data`, refusing unknown keys, wrong types and values out of range.
+
+    `where` names the source for messages (a file); `lines` maps dotted keys to their line numbers;
+    `prefix` is the dotted path of `data` inside the file (e.g. "kd." for a distiller's section).
+    """
+    data = dict(data or {})
+    lines = lines or {}
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+
+    def at(key: str) -> str:
+        return f"{where}:{lines[prefix + key]}" if prefix + key in lines else where
+
+    for key in data:
+        if key not in fields:
+            valid = ", ".join(fields) or "none"
+            raise KDError(f"{at(key)}: unknown key '{prefix}{key}'{nearest(str(key), fields)}; valid keys: {valid}")
+    values = {}
+    for name, value in data.items():
+        out = _coerce(hints[name], value)
+        if out is _NO:
+            raise KDError(f"{at(name)}: '{prefix}{name}' must be {_type_name(hints[name])}, got {value!r}")
+        _check_range(prefix + name, out, fields[name].metadata, at(name))
+        values[name] = out
+    return cls(**values)
+
+
+def describe(cls: type) -> list[tuple[str, str, Any, str]]:
+    """(name, type, default, help) for every field, for `run_kd.py list` and docs."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        rows.append((f.name, _type_name(hints[f.name]), default, f.metadata.get("help", "")))
+    return rows
+
+
+def as_dict(obj) -> dict:
+    return dataclasses.asdict(obj)

@@ -1,0 +1,61 @@
+"""CIFAR-10 and CIFAR-100 through torchvision, held in memory as uint8 tensors.
+
+Nothing is downloaded unless the recipe says `download: true`; offline, a missing data set is a
+one-line error that says where it was looked for and how to get it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from kd.data import DATASETS, NoOptions, takes_options
+from kd.data.base import DataBundle, ImageSet
+from kd.errors import KDError
+
+# Per-channel statistics of the training sets, the values the benchmark code normalises with.
+CIFAR_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("KD_DATA", Path.home() / ".cache" / "kd" / "data"))
+
+
+def _load_cifar(name: str, root: str | None, download: bool) -> DataBundle:
+    from torchvision import datasets
+
+    base = Path(root).expanduser() if root else default_root()
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    if not download and not (base / FOLDERS[name]).is_dir():
+        raise KDError(
+            f"{name} not found: looked for {base / FOLDERS[name]}; set data_root to the folder that "
+            f"holds '{FOLDERS[name]}', or set download: true in the recipe to fetch it"
+        )
+    try:
+        splits = [cls(str(base), train=train, download=download) for train in (True, False)]
+    except (RuntimeError, OSError) as err:  # corrupt files, or a download that failed offline
+        raise KDError(f"{name} could not be loaded from {base}: {err}") from err
+
+    def as_set(split) -> ImageSet:
+        images = torch.from_numpy(split.data).permute(0, 3, 1, 2).contiguous()
+        return ImageSet(images, torch.tensor(split.targets, dtype=torch.long), list(split.classes))
+
+    mean, std = CIFAR_STATS[name]
+    return DataBundle(name, as_set(splits[0]), as_set(splits[1]), mean, std, augment="crop_flip", crop_padding=4)
+
+
+@DATASETS.register("cifar10")
+@takes_options(NoOptions)
+def load_cifar10(options, root=None, download=False) -> DataBundle:
+    return _load_cifar("cifar10", root, download)
+
+
+@DATASETS.register("cifar100")
+@takes_options(NoOptions)
+def load_cifar100(options, root=None, download=False) -> DataBundle:
+    return _load_cifar("cifar100", root, download)

@@ -1,0 +1,1 @@
+"""Training engine: device and precision, run directories, checkpoints, the training loop."""

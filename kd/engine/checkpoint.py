@@ -1,0 +1,75 @@
+"""Checkpoints: atomic writes, and teacher loading with a clear line for every way it can go wrong."""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kd.errors import KDError
+
+
+def save_atomic(obj, path: str | Path) -> None:
+    """Write to a temporary file, flush and fsync it, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def read_checkpoint(path: str | Path, what: str = "checkpoint"):
+    path = Path(path)
+    if not path.is_file():
+        raise KDError(f"{what} {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise KDError(f"{what} {path} is not a readable torch checkpoint ({first[:160]}); "
+                      f"it may be truncated or corrupt, or not a checkpoint at all") from err
+
+
+def state_dict_of(obj, path) -> dict:
+    """The model state dict inside a checkpoint: our own and the benchmark's ({'model': ...}) or a bare one."""
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if isinstance(obj, dict) and obj and all(isinstance(k, str) for k in obj) and all(
+            isinstance(v, torch.Tensor) for v in obj.values()):
+        return {k.removeprefix("module."): v for k, v in obj.items()}  # DataParallel/DDP saves add "module."
+    raise KDError(f"{path} holds no model state dict (expected a dict of tensors, or a dict whose 'model' entry is one)")
+
+
+def load_weights(model: nn.Module, path: str | Path, role: str, arch: str, num_classes: int) -> None:
+    """Load a checkpoint into `model`, naming exactly what does not fit and how to fix it."""
+    state = state_dict_of(read_checkpoint(path, f"{role} checkpoint"), path)
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if classifier is not None:
+        names = [n for n, m in model.named_modules() if m is classifier]
+        key = f"{names[0]}.weight" if names else None
+        if key in state and state[key].ndim == 2 and state[key].shape[0] != num_classes:
+            raise KDError(f"{role} checkpoint {path} was trained for {state[key].shape[0]} classes, but the data "
+                          f"set has {num_classes}; use a checkpoint trained on this data set")
+    own = model.state_dict()
+    if own and all(k.startswith("model.") for k in own) and not any(k.startswith("model.") for k in state):
+        state = {"model." + k: v for k, v in state.items()}  # a timm/torchvision checkpoint for an adapter
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        details = "; ".join(f"{label} {len(keys)} (e.g. {keys[0]})" for label, keys in
+                            (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys)
+        raise KDError(f"{role} checkpoint {path} does not fit the {role} architecture '{arch}' ({details}); "
+                      f"use a checkpoint of '{arch}' or change the {role} model")
+    model.load_state_dict(state)

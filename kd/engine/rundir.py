@@ -1,0 +1,51 @@
+"""Run directories and the metrics file: every run gets its own folder, and no finished epoch is lost."""
+from __future__ import annotations
+
+import csv
+import os
+import time
+from pathlib import Path
+
+
+def new_run_dir(output_dir: str | Path, name: str) -> Path:
+    """<output_dir>/<name>-<YYYYmmdd-HHMMSS>, with -2, -3 ... when that exists: never an existing one."""
+    base = Path(output_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        path = base / (f"{name}-{stamp}" if n == 1 else f"{name}-{stamp}-{n}")
+        try:
+            path.mkdir()  # atomic: two runs started in the same second get different folders
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not make a run directory under {base}")
+
+
+class MetricsFile:
+    """metrics.csv, one row per epoch, appended, flushed and fsynced row by row."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.columns: list[str] | None = None
+        if path.exists() and path.stat().st_size:
+            with open(path, newline="") as f:
+                self.columns = next(csv.reader(f), None)
+
+    def append(self, row: dict) -> None:
+        new = self.columns is None
+        if new:
+            self.columns = list(row)
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def rows(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        with open(self.path, newline="") as f:
+            return list(csv.DictReader(f))

@@ -1,0 +1,10 @@
+"""The one exception type for bad user input.
+
+Anything the user can fix (a recipe key, a CLI argument, a data folder, a checkpoint) raises
+`KDError` with one line that says what is wrong, where, and how to fix it. The CLI prints that
+line and exits with code 2; everything else is a bug and keeps its traceback.
+"""
+
+
+class KDError(Exception):
+    """A problem with the user's input; the message is shown to the user as one line."""

@@ -1,0 +1,74 @@
+"""The one feature interface: every model, ours or timm's or torchvision's, is reached through it.
+
+`model.forward_features(x)` returns a `Features` record:
+- logits      (B, classes)
+- stages      stage outputs, shallow to deep (what FitNets and AT read)
+- pre_pool    (B, K, H, W), the exact tensor global average pooling consumes (what CAM reads),
+              or None when the model has no such tensor
+and `model.get_classifier()` is the final nn.Linear, so that for every model with a GAP -> Linear head
+    classifier(pre_pool.mean((2, 3))) == logits.
+A model whose head is anything else sets `cam_unavailable` to a sentence saying why, and CAM-based
+distillers refuse it with that sentence. `forward(x)` returns logits only, so the models stay ordinary
+classifiers (checkpoints, torch.compile, evaluation).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from kd.errors import KDError
+
+
+@dataclass
+class Features:
+    logits: torch.Tensor
+    stages: list[torch.Tensor]
+    pre_pool: torch.Tensor | None
+    classifier: nn.Linear | None
+
+
+class FeatureModel(nn.Module):
+    """Base of every model in the toolkit.
+
+    Subclasses implement `body(x) -> (stages, pre_pool)` and set `self.classifier_name`, the
+    attribute path of the final Linear (kept at the benchmark's own name so that published
+    checkpoints load unchanged). The head is always GAP -> flatten -> Linear unless a subclass
+    overrides `head`.
+    """
+
+    classifier_name = "fc"
+    cam_unavailable: str | None = None
+
+    def body(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        raise NotImplementedError
+
+    def get_classifier(self) -> nn.Linear | None:
+        module: nn.Module = self
+        for part in self.classifier_name.split("."):
+            module = getattr(module, part)
+        return module if isinstance(module, nn.Linear) else None
+
+    def head(self, pre_pool: torch.Tensor) -> torch.Tensor:
+        return self.get_classifier()(torch.flatten(nn.functional.adaptive_avg_pool2d(pre_pool, 1), 1))
+
+    def forward_features(self, x: torch.Tensor) -> Features:
+        stages, pre_pool = self.body(x)
+        return Features(self.head(pre_pool), stages, pre_pool, self.get_classifier())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x)[1])
+
+
+def require_cam(model: nn.Module, role: str, method: str) -> None:
+    """Refuse, by name, a model whose head is not GAP -> Linear (its CAM would not be exact)."""
+    reason = getattr(model, "cam_unavailable", None)
+    if reason is None and model.get_classifier() is None:
+        reason = "it exposes no final nn.Linear classifier"
+    if reason:
+        name = getattr(model, "arch_name", type(model).__name__)
+        raise KDError(
+            f"{method} needs an exact class activation map, but the {role} '{name}' cannot give one: "
+            f"{reason}; choose a model whose head is global average pooling -> one Linear layer"
+        )

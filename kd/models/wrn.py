@@ -1,0 +1,99 @@
+"""Wide ResNets WRN-d-k for CIFAR: wrn_16_1, wrn_16_2, wrn_40_1, wrn_40_2.
+
+Pre-activation blocks (BN-ReLU-conv, twice) in three groups of (d-4)/6 blocks with 16k, 32k, 64k
+channels, then one final BN+ReLU before pooling. Keys follow the benchmark (blockN.layer.i,
+convShortcut, the final `bn1`, `fc`) so its published checkpoints load unchanged.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from kd.models import MODELS
+from kd.models.features import FeatureModel
+
+
+class PreActBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.convShortcut = None  # noqa: N815 - checkpoint key
+        if cin != cout:
+            self.convShortcut = nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = F.relu(self.bn1(x))
+        out = self.conv2(F.relu(self.bn2(self.conv1(pre))))
+        # Where the width changes, the projection reads the *pre-activated* input (BN1+ReLU of x),
+        # as in the reference WRN; an identity shortcut carries the raw x.
+        shortcut = x if self.convShortcut is None else self.convShortcut(pre)
+        return out + shortcut
+
+
+class BlockGroup(nn.Module):
+    """A group of blocks; the extra `.layer` level exists only to match the checkpoint keys."""
+
+    def __init__(self, n: int, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.layer = nn.Sequential(*[PreActBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(n)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+class WideResNet(FeatureModel):
+    classifier_name = "fc"
+
+    def __init__(self, depth: int, widen: int, num_classes: int = 100):
+        super().__init__()
+        if (depth - 4) % 6:
+            raise ValueError(f"WRN depth must be 6n+4, got {depth}")
+        n = (depth - 4) // 6
+        w = (16, 16 * widen, 32 * widen, 64 * widen)
+        self.conv1 = nn.Conv2d(3, w[0], 3, padding=1, bias=False)
+        self.block1 = BlockGroup(n, w[0], w[1], 1)
+        self.block2 = BlockGroup(n, w[1], w[2], 2)
+        self.block3 = BlockGroup(n, w[2], w[3], 2)
+        self.bn1 = nn.BatchNorm2d(w[3])  # pre-activation nets need one last BN+ReLU before the head
+        self.fc = nn.Linear(w[3], num_classes)
+        # The benchmark's initialisation: He normal (fan_out) convs, identity BN, zero Linear bias.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def body(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        x = self.conv1(x)
+        stages = []
+        for group in (self.block1, self.block2, self.block3):
+            x = group(x)
+            stages.append(x)  # group output before any BN+ReLU, as the benchmark exposes it
+        return stages, F.relu(self.bn1(x))  # GAP consumes the activated map, not the last stage
+
+
+@MODELS.register("wrn_16_1")
+def wrn_16_1(num_classes: int = 100) -> FeatureModel:
+    return WideResNet(16, 1, num_classes)
+
+
+@MODELS.register("wrn_16_2")
+def wrn_16_2(num_classes: int = 100) -> FeatureModel:
+    return WideResNet(16, 2, num_classes)
+
+
+@MODELS.register("wrn_40_1")
+def wrn_40_1(num_classes: int = 100) -> FeatureModel:
+    return WideResNet(40, 1, num_classes)
+
+
+@MODELS.register("wrn_40_2")
+def wrn_40_2(num_classes: int = 100) -> FeatureModel:
+    return WideResNet(40, 2, num_classes)

@@ -1,0 +1,176 @@
+"""Recipes: a short flat YAML file -> a validated `Recipe`.
+
+Top-level keys are the fields of `Recipe`. A key named after a distiller or a data set holds that
+component's options, e.g. `kd: {T: 4, kd_weight: 0.9}` or `shapes: {train_size: 5000}`; it is checked
+against the component's own options dataclass. `key=value` overrides (dotted for sections:
+`kd.T=2`) are applied before validation, so they get the same checks and messages.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from kd.config import as_dict, build
+from kd.errors import KDError
+from kd.yamlio import load_mapping
+
+
+@dataclass
+class Recipe:
+    name: str = field(default="run", metadata={"help": "name of the run; run directories are <output_dir>/<name>-<time>"})
+    pair: str | None = field(default=None, metadata={"help": "teacher/student pair from teachers/pairs.yaml (sets teacher, student, dataset, teacher_checkpoint)"})
+    teacher: str | None = field(default=None, metadata={"help": "teacher architecture (zoo name, timm:<name> or torchvision:<name>)"})
+    student: str | None = field(default=None, metadata={"help": "student architecture"})
+    teacher_checkpoint: str | None = field(default=None, metadata={"help": "teacher weights: a state dict or a dict whose 'model' entry is one"})
+    dataset: str | None = field(default=None, metadata={"help": "data set name (run_kd.py list shows them); default: the pair's, else shapes"})
+    data_root: str | None = field(default=None, metadata={"help": "folder holding the data set"})
+    download: bool = field(default=False, metadata={"help": "let torchvision download a missing data set"})
+    subset_per_class: int | None = field(default=None, metadata={"min": 1, "help": "train on a balanced subset of n images per class (fixed seed)"})
+    methods: list[str] = field(default_factory=lambda: ["vanilla"], metadata={"help": "distillers to train the student with, one student each"})
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "one student per method and seed"})
+    epochs: int = field(default=240, metadata={"min": 1, "help": "training epochs"})
+    batch_size: int = field(default=64, metadata={"min": 1, "help": "training batch size (global, over all processes)"})
+    eval_batch_size: int = field(default=512, metadata={"min": 1, "help": "test batch size"})
+    lr: float = field(default=0.05, metadata={"gt": 0, "help": "initial learning rate"})
+    momentum: float = field(default=0.9, metadata={"min": 0, "max": 1, "help": "SGD momentum"})
+    nesterov: bool = field(default=False, metadata={"help": "Nesterov momentum"})
+    weight_decay: float = field(default=5e-4, metadata={"min": 0, "help": "SGD weight decay"})
+    schedule: Literal["multistep", "cosine", "constant"] = field(default="multistep", metadata={"help": "learning-rate schedule"})
+    milestones: list[int] | None = field(default=None, metadata={"min": 1, "help": "multistep: epochs at which the rate is multiplied by gamma; null: 5/8, 6/8 and 7/8 of epochs (150, 180, 210 of 240)"})
+    gamma: float = field(default=0.1, metadata={"gt": 0, "help": "multistep decay factor"})
+    warmup_epochs: int = field(default=0, metadata={"min": 0, "help": "linear learning-rate warm-up epochs"})
+    device: str = field(default="auto", metadata={"help": "auto (CUDA when present, else CPU), cpu, cuda, cuda:N"})
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata={"help": "auto: bf16 autocast on GPUs that support it, fp32 on the CPU"})
+    channels_last: bool | None = field(default=None, metadata={"help": "channels_last memory format; null: on for CUDA"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile student and teacher"})
+    deterministic: bool = field(default=False, metadata={"help": "deterministic algorithms (slower)"})
+    shared_teacher: bool = field(default=True, metadata={"help": "train all students of a seed side by side, one teacher pass per batch"})
+    output_dir: str = field(default="runs", metadata={"help": "where run directories are made"})
+    checkpoint_every: int = field(default=1, metadata={"min": 1, "help": "save the resumable checkpoint every n epochs"})
+    # Not keys of the file: filled in by recipe_from_mapping.
+    sections: dict = field(default_factory=dict, init=False, metadata={"help": "options per distiller / data set, keyed by its name"})
+    source: str = field(default="", init=False, metadata={"help": "the file the recipe came from"})
+
+    def options_for(self, name: str, options_cls: type):
+        """The validated options of component `name` (a distiller or a data set)."""
+        return build(options_cls, self.sections.get(name), self.source or "recipe", self._lines, f"{name}.")
+
+    def resolved_sections(self) -> dict[str, dict]:
+        """Every used component's options with their defaults filled in (what the run really used)."""
+        from kd.data import DATASETS
+        from kd.distillers import DISTILLERS
+
+        out = {self.dataset: as_dict(self.options_for(self.dataset, DATASETS.get(self.dataset).Options))}
+        for method in self.methods:
+            out[method] = as_dict(self.options_for(method, DISTILLERS.get(method).Options))
+        return {name: options for name, options in out.items() if options}
+
+    def to_yaml(self) -> str:
+        """The fully resolved recipe: loading it again gives the same run."""
+        data = {k: v for k, v in as_dict(self).items() if k not in ("sections", "source", "_lines")}
+        data.update(self.resolved_sections())
+        return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+
+    _lines: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # dotted key -> line
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise KDError(f"override '{text}' does not parse: write key=value, e.g. epochs=5 or kd.T=2")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise KDError(f"override '{text}': the value '{raw}' is not valid YAML; quote strings, write lists as [1, 2]") from None
+    return key.strip().split("."), value
+
+
+def apply_override(data: dict, text: str) -> None:
+    path, value = parse_override(text)
+    node = data
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise KDError(f"override '{text}': '{part}' is not a section, so it has no key '{path[-1]}'")
+        node = child
+    node[path[-1]] = value
+
+
+def component_names() -> set[str]:
+    from kd.data import DATASETS
+    from kd.distillers import DISTILLERS
+
+    return set(DISTILLERS.names()) | set(DATASETS.names())
+
+
+def recipe_from_mapping(data: dict, source: str = "recipe", lines: dict | None = None) -> Recipe:
+    """Validate a raw mapping into a Recipe (sections split off and checked by `validate`)."""
+    lines = lines or {}
+    components = component_names()
+    sections = {k: v for k, v in data.items() if k in components}
+    for name, value in sections.items():
+        if value is not None and not isinstance(value, dict):
+            at = f"{source}:{lines[name]}" if name in lines else source
+            raise KDError(f"{at}: '{name}' holds the options of the {name} component and must be a mapping, e.g. {name}: {{key: value}}")
+    flat = {k: v for k, v in data.items() if k not in components}
+    recipe = build(Recipe, flat, source, lines)
+    recipe.sections = {k: (v or {}) for k, v in sections.items()}
+    recipe.source = source
+    recipe._lines = dict(lines)
+    return validate(recipe)
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    data, lines = load_mapping(path)
+    for text in overrides:
+        apply_override(data, text)
+        lines.pop(text.partition("=")[0].strip(), None)  # the value no longer comes from the file
+    return recipe_from_mapping(data, str(path), lines)
+
+
+def validate(recipe: Recipe) -> Recipe:
+    """Cross-field checks and pair resolution; every component name is looked up here, before any work."""
+    from kd.data import DATASETS
+    from kd.distillers import DISTILLERS
+    from kd.models import MODELS, ADAPTER_PREFIXES
+    from kd.pairs import get_pair
+
+    where = recipe.source or "recipe"
+    if recipe.pair:
+        pair = get_pair(recipe.pair)
+        recipe.teacher = recipe.teacher or pair.teacher
+        recipe.student = recipe.student or pair.student
+        if recipe.teacher_checkpoint is None and recipe.teacher == pair.teacher:
+            recipe.teacher_checkpoint = str(pair.checkpoint_path)
+        recipe.dataset = recipe.dataset or pair.dataset
+    recipe.dataset = recipe.dataset or "shapes"
+    DATASETS.get(recipe.dataset)
+    if not recipe.methods:
+        raise KDError(f"{where}: 'methods' is empty; list at least one distiller, e.g. methods: [vanilla]")
+    if not recipe.seeds:
+        raise KDError(f"{where}: 'seeds' is empty; list at least one seed, e.g. seeds: [0]")
+    for method in recipe.methods:
+        DISTILLERS.get(method)
+    if len(set(recipe.methods)) != len(recipe.methods) or len(set(recipe.seeds)) != len(recipe.seeds):
+        raise KDError(f"{where}: 'methods' and 'seeds' must not repeat an entry")
+    if not recipe.student:
+        raise KDError(f"{where}: no student: set 'student' (a model name) or 'pair' (run_kd.py list shows both)")
+    for role in ("teacher", "student"):
+        name = getattr(recipe, role)
+        if name and not name.startswith(ADAPTER_PREFIXES):
+            MODELS.get(name)
+    needing = [m for m in recipe.methods if DISTILLERS.get(m).needs_teacher]
+    if needing and not recipe.teacher:
+        raise KDError(f"{where}: {', '.join(needing)} needs a teacher: set 'pair', or 'teacher' and 'teacher_checkpoint'")
+    if recipe.milestones is None:
+        recipe.milestones = [recipe.epochs * k // 8 for k in (5, 6, 7)]
+    if recipe.schedule == "multistep" and any(m > recipe.epochs for m in recipe.milestones):
+        raise KDError(f"{where}: milestones {recipe.milestones} lie beyond epochs={recipe.epochs}; lower them or drop the ones past the end")
+    # Every section's options are checked now, so a typo fails before any training starts.
+    for method in recipe.methods:
+        recipe.options_for(method, DISTILLERS.get(method).Options)
+    recipe.options_for(recipe.dataset, DATASETS.get(recipe.dataset).Options)
+    return recipe

@@ -1,0 +1,50 @@
+"""One small name -> factory registry, shared by models, data sets and distillers."""
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Generic, Iterator, TypeVar
+
+from kd.errors import KDError
+
+T = TypeVar("T")
+
+
+def nearest(name: str, choices) -> str:
+    """' (did you mean X?)' for the closest of `choices`, or '' when none is close."""
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+class Registry(Generic[T]):
+    """Maps names to factories; `register` is a decorator, `get` explains a wrong name."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str | None = None) -> Callable[[T], T]:
+        def add(obj: T) -> T:
+            key = name or obj.__name__
+            if key in self._entries and self._entries[key] is not obj:
+                raise ValueError(f"{self.kind} '{key}' is registered twice")
+            self._entries[key] = obj
+            return obj
+
+        return add
+
+    def get(self, name: str) -> T:
+        if name not in self._entries:
+            raise KDError(
+                f"unknown {self.kind} '{name}'{nearest(name, self._entries)}; "
+                f"valid names: {', '.join(self.names())}"
+            )
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())

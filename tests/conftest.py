@@ -1,0 +1,36 @@
+"""Shared test helpers. ../shared (fixtures, data) sits beside the repository in CI; tests that need it
+skip when it is absent (a user's machine)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def shared_file(*parts: str) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is not available (it ships beside the repository in CI)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_losses() -> list[dict]:
+    return json.loads(shared_file("fixtures", "reference_losses.json").read_text())["cases"]
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `python run_kd.py ...` the way a user does; returns the finished process."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    return subprocess.run([sys.executable, str(ROOT / "run_kd.py"), *args], cwd=cwd or ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)

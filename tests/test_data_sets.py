@@ -1,0 +1,97 @@
+"""Data set entries: image folders (made locally and from the shared CIFAR-10 JPEG copy), CIFAR offline,
+balanced subsets, and the shapes entry."""
+import tarfile
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import shared_file
+from kd.data import balanced_subset, load_data, DATASETS
+from kd.data.folder import FolderOptions
+from kd.data.shapes_set import ShapesOptions
+from kd.errors import KDError
+
+
+def make_folder(root, classes=("cat", "dog"), test_classes=None, per_class=3, size=8, test="test"):
+    for split, names in (("train", classes), (test, test_classes or classes)):
+        for c, name in enumerate(names):
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (size, size), (40 * c + i,) * 3).save(root / split / name / f"{i}.png")
+    return root
+
+
+def test_imagefolder_loads_into_memory_with_labels_by_folder(tmp_path):
+    root = make_folder(tmp_path / "data", test="val")
+    bundle = load_data("imagefolder", FolderOptions(), str(root))
+    assert bundle.train.classes == ["cat", "dog"] and bundle.num_classes == 2
+    assert bundle.train.images.shape == (6, 3, 8, 8) and bundle.train.images.dtype == torch.uint8
+    assert bundle.train.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert bundle.train.images[4, 0, 0, 0].item() == 41  # dog/1.png
+    resized = load_data("imagefolder", FolderOptions(image_size=16), str(root))
+    assert resized.train.images.shape[-2:] == (16, 16)
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("missing", "does not exist"),
+    ("no_test", "has no test split"),
+    ("classes_differ", "train and test class folders differ"),
+    ("empty_class", "holds no images"),
+    ("no_root", "needs data_root"),
+])
+def test_bad_image_folders_get_a_clear_line(tmp_path, breakage, message):
+    root = tmp_path / "data"
+    if breakage == "no_test":
+        (root / "train" / "cat").mkdir(parents=True)
+    elif breakage == "classes_differ":
+        make_folder(root, test_classes=("cat", "cow"))
+    elif breakage == "empty_class":
+        make_folder(root)
+        (root / "train" / "emu").mkdir()
+        (root / "test" / "emu").mkdir()
+    with pytest.raises(KDError, match=message):
+        load_data("imagefolder", FolderOptions(), None if breakage == "no_root" else str(root))
+
+
+def test_cifar_offline_says_where_it_looked(tmp_path):
+    with pytest.raises(KDError, match=r"cifar100 not found: looked for .*cifar-100-python.*download: true"):
+        load_data("cifar100", DATASETS.get("cifar100").Options(), str(tmp_path))
+
+
+def test_balanced_subset_is_fixed_and_balanced():
+    bundle = load_data("shapes", ShapesOptions(train_size=200, test_size=20, num_classes=4))
+    a, b = balanced_subset(bundle.train, 10), balanced_subset(bundle.train, 10)
+    assert torch.equal(a.images, b.images) and torch.bincount(a.labels).tolist() == [10] * 4
+    assert a.boxes is not None and len(a.boxes) == 40
+    with pytest.raises(KDError, match="has only"):
+        balanced_subset(bundle.train, 1000)
+
+
+def test_shapes_entry_normalises_with_its_own_statistics():
+    bundle = load_data("shapes", ShapesOptions(train_size=100, test_size=20))
+    assert bundle.num_classes == 10 and bundle.image_size == (32, 32)
+    x = bundle.train.images.float() / 255
+    assert torch.allclose(torch.tensor(bundle.mean), x.mean((0, 2, 3)), atol=1e-4)
+
+
+def test_cifar10_jpeg_copy_loads_as_an_image_folder(tmp_path):
+    archive = shared_file("data", "cifar10-jpeg.tar.gz")
+    wanted = {"airplane", "cat"}
+    with tarfile.open(archive) as tar:
+        members = []
+        counts = {}
+        for member in tar:
+            parts = member.name.split("/")
+            if member.isfile() and len(parts) >= 3 and parts[-2] in wanted:
+                key = (parts[-3], parts[-2])
+                if counts.get(key, 0) < 5:
+                    counts[key] = counts.get(key, 0) + 1
+                    members.append(member)
+            if len(counts) == 4 and all(v == 5 for v in counts.values()):
+                break
+        tar.extractall(tmp_path, members=members, filter="data")
+    root = next(p.parent for p in tmp_path.rglob("train"))
+    bundle = load_data("imagefolder", FolderOptions(), str(root))
+    assert bundle.train.classes == ["airplane", "cat"]
+    assert bundle.train.images.shape == (10, 3, 32, 32) and bundle.test.images.shape == (10, 3, 32, 32)

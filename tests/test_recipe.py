@@ -1,0 +1,67 @@
+"""Recipe loading: types, ranges, nearest-key suggestions, sections, overrides, pairs."""
+import pytest
+
+from kd.errors import KDError
+from kd.recipe import load_recipe, parse_override
+
+
+def write(tmp_path, text, name="r.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_defaults_pair_and_sections(tmp_path):
+    recipe = load_recipe(write(tmp_path, "pair: quickstart\nmethods: [vanilla, kd]\nkd: {T: 2}\nshapes: {train_size: 100}\n"))
+    assert (recipe.teacher, recipe.student, recipe.dataset) == ("resnet20", "resnet8", "shapes")
+    assert recipe.teacher_checkpoint.endswith("teachers/cache/quickstart-resnet20.pt")
+    from kd.distillers import DISTILLERS
+    options = recipe.options_for("kd", DISTILLERS.get("kd").Options)
+    assert (options.T, options.ce_weight, options.kd_weight) == (2.0, 0.1, 0.9)
+
+
+def test_overrides_are_validated_like_the_file(tmp_path):
+    path = write(tmp_path, "student: resnet8\nepochs: 3\n")
+    recipe = load_recipe(path, ["epochs=5", "lr=0.1", "milestones=[2, 4]", "shapes.seed=3"])
+    assert (recipe.epochs, recipe.lr, recipe.milestones, recipe.sections["shapes"]["seed"]) == (5, 0.1, [2, 4], 3)
+    with pytest.raises(KDError, match="'epochs' must be an integer, got 'five'"):
+        load_recipe(path, ["epochs=five"])
+    with pytest.raises(KDError, match="does not parse"):
+        load_recipe(path, ["epochs"])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("student: resnet8\nepohcs: 3\n", r"r.yaml:2: unknown key 'epohcs' \(did you mean 'epochs'\?\)"),
+    ("student: resnet8\nlr: -0.1\n", r"r.yaml:2: 'lr' is -0.1, but it must be > 0"),
+    ("student: resnet8\nbatch_size: 0\n", r"'batch_size' is 0, but it must be >= 1"),
+    ("student: resnet8\nepochs: -1\n", r"'epochs' is -1, but it must be >= 1"),
+    ("pair: quickstart\nmethods: [kd]\nkd: {T: 0}\n", r"r.yaml:3: 'kd.T' is 0.0, but it must be > 0"),
+    ("pair: quickstart\nmethods: [kd]\nkd:\n  kd_weight: heavy\n", r"r.yaml:4: 'kd.kd_weight' must be a number, got 'heavy'"),
+    ("pair: quickstart\nmethods: [kd]\nkd: {temperature: 3}\n", r"unknown key 'kd.temperature'"),
+    ("student: resnet9\n", r"unknown model 'resnet9' \(did you mean 'resnet8'\?\); valid names:"),
+    ("student: resnet8\ndataset: cifar11\n", r"unknown data set 'cifar11' \(did you mean 'cifar10'\?\)"),
+    ("student: resnet8\nmethods: [kdd]\n", r"unknown distiller 'kdd' \(did you mean 'kd'\?\)"),
+    ("pair: quickstrat\n", r"unknown pair 'quickstrat' \(did you mean 'quickstart'\?\)"),
+    ("student: resnet8\nmethods: [kd]\n", r"kd needs a teacher"),
+    ("student: resnet8\nepochs: 10\nmilestones: [5, 20]\n", r"milestones \[5, 20\] lie beyond epochs=10"),
+    ("- a\n- b\n", r"must be a YAML mapping"),
+    ("student: [resnet8\n", r"not valid YAML"),
+    ("student: resnet8\nmethods: []\n", r"'methods' is empty"),
+])
+def test_bad_recipes_get_one_clear_line(tmp_path, text, message):
+    with pytest.raises(KDError, match=message) as err:
+        load_recipe(write(tmp_path, text))
+    assert "\n" not in str(err.value)
+
+
+def test_missing_recipe_and_bad_override():
+    with pytest.raises(KDError, match="does not exist"):
+        load_recipe("no/such/recipe.yaml")
+    with pytest.raises(KDError, match="write key=value"):
+        parse_override("=3")
+
+
+def test_resolved_recipe_round_trips(tmp_path):
+    recipe = load_recipe(write(tmp_path, "pair: quickstart\nmethods: [vanilla, kd]\nkd: {T: 3}\n"))
+    again = load_recipe(write(tmp_path, recipe.to_yaml(), "again.yaml"))
+    assert again.to_yaml() == recipe.to_yaml()
