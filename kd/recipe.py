@@ -20,6 +20,7 @@ from kd.yamlio import load_mapping
 
 @dataclass
 class Recipe:
+    imports: list[str] = field(default_factory=list, metadata={"help": "Python files (relative to the recipe) or modules to import first, e.g. to register your own distiller"})
     name: str = field(default="run", metadata={"help": "name of the run; run directories are <output_dir>/<name>-<time>"})
     pair: str | None = field(default=None, metadata={"help": "teacher/student pair from teachers/pairs.yaml (sets teacher, student, dataset, teacher_checkpoint)"})
     teacher: str | None = field(default=None, metadata={"help": "teacher architecture (zoo name, timm:<name> or torchvision:<name>)"})
@@ -29,7 +30,7 @@ class Recipe:
     data_root: str | None = field(default=None, metadata={"help": "folder holding the data set"})
     download: bool = field(default=False, metadata={"help": "let torchvision download a missing data set"})
     subset_per_class: int | None = field(default=None, metadata={"min": 1, "help": "train on a balanced subset of n images per class (fixed seed)"})
-    methods: list[str] = field(default_factory=lambda: ["vanilla"], metadata={"help": "distillers to train the student with, one student each"})
+    methods: list[str] = field(default_factory=lambda: ["vanilla"], metadata={"help": "distillers to train the student with, one student each; 'name@variant' is a variant with its own options section"})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "one student per method and seed"})
     epochs: int = field(default=240, metadata={"min": 1, "help": "training epochs"})
     batch_size: int = field(default=64, metadata={"min": 1, "help": "training batch size (global, over all processes)"})
@@ -54,18 +55,28 @@ class Recipe:
     sections: dict = field(default_factory=dict, init=False, metadata={"help": "options per distiller / data set, keyed by its name"})
     source: str = field(default="", init=False, metadata={"help": "the file the recipe came from"})
 
-    def options_for(self, name: str, options_cls: type):
-        """The validated options of component `name` (a distiller or a data set)."""
-        return build(options_cls, self.sections.get(name), self.source or "recipe", self._lines, f"{name}.")
+    def data_options(self):
+        """The validated options of the data set (its section, defaults filled in)."""
+        from kd.data import DATASETS
+
+        options_cls = DATASETS.get(self.dataset).Options
+        return build(options_cls, self.sections.get(self.dataset), self.source or "recipe", self._lines, f"{self.dataset}.")
+
+    def method_options(self, label: str):
+        """The validated options of method `label`: its distiller's section, then a variant's own on top."""
+        name, variant = split_label(label)
+        merged = dict(self.sections.get(name) or {})
+        lines = {f"{label}.{k}": self._lines[f"{name}.{k}"] for k in merged if f"{name}.{k}" in self._lines}
+        if variant is not None:
+            merged.update(self.sections.get(label) or {})
+            lines.update({k: v for k, v in self._lines.items() if k.startswith(label + ".")})
+        return build(method_class(label).Options, merged, self.source or "recipe", lines, f"{label}.")
 
     def resolved_sections(self) -> dict[str, dict]:
         """Every used component's options with their defaults filled in (what the run really used)."""
-        from kd.data import DATASETS
-        from kd.distillers import DISTILLERS
-
-        out = {self.dataset: as_dict(self.options_for(self.dataset, DATASETS.get(self.dataset).Options))}
-        for method in self.methods:
-            out[method] = as_dict(self.options_for(method, DISTILLERS.get(method).Options))
+        out = {self.dataset: as_dict(self.data_options())}
+        for label in self.methods:
+            out[label] = as_dict(self.method_options(label))
         return {name: options for name, options in out.items() if options}
 
     def to_yaml(self) -> str:
@@ -99,23 +110,70 @@ def apply_override(data: dict, text: str) -> None:
     node[path[-1]] = value
 
 
-def component_names() -> set[str]:
+def split_label(label: str) -> tuple[str, str | None]:
+    """'ccm@w2' -> ('ccm', 'w2'); 'kd' -> ('kd', None)."""
+    name, sep, variant = label.partition("@")
+    return name, (variant if sep else None)
+
+
+def method_class(label: str):
+    from kd.distillers import DISTILLERS
+
+    return DISTILLERS.get(split_label(label)[0])
+
+
+def is_section(key: str) -> bool:
+    """Whether a top-level key holds a component's options: a distiller, a data set, or a 'distiller@variant'."""
     from kd.data import DATASETS
     from kd.distillers import DISTILLERS
 
-    return set(DISTILLERS.names()) | set(DATASETS.names())
+    return key in DISTILLERS or key in DATASETS or ("@" in key and split_label(key)[0] in DISTILLERS)
+
+
+def run_imports(imports, source: str) -> list[str]:
+    """Import the recipe's `imports`: .py files relative to the recipe, or dotted module names.
+
+    Returns the entries with files made absolute, so the resolved recipe works from the run directory."""
+    import importlib
+    import importlib.util
+    import sys
+
+    base = Path(source).parent if source and source != "recipe" else Path.cwd()
+    resolved = []
+    for entry in imports:
+        resolved.append(str((base / entry).resolve()) if entry.endswith(".py") else entry)
+        if entry.endswith(".py"):
+            path = (base / entry).resolve()
+            if not path.is_file():
+                raise KDError(f"{source}: imports entry '{entry}' is not a file (looked for {path})")
+            name = f"kd_user_{path.stem}"
+            if name in sys.modules:
+                continue
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        else:
+            try:
+                importlib.import_module(entry)
+            except ImportError as err:
+                raise KDError(f"{source}: imports entry '{entry}' cannot be imported ({err})") from None
+    return resolved
 
 
 def recipe_from_mapping(data: dict, source: str = "recipe", lines: dict | None = None) -> Recipe:
     """Validate a raw mapping into a Recipe (sections split off and checked by `validate`)."""
     lines = lines or {}
-    components = component_names()
-    sections = {k: v for k, v in data.items() if k in components}
+    imports = data.get("imports") or []
+    if isinstance(imports, list) and all(isinstance(i, str) for i in imports):
+        # first: an imported distiller's name is a valid method and section
+        data = {**data, "imports": run_imports(imports, source)}
+    sections = {k: v for k, v in data.items() if is_section(str(k))}
     for name, value in sections.items():
         if value is not None and not isinstance(value, dict):
             at = f"{source}:{lines[name]}" if name in lines else source
             raise KDError(f"{at}: '{name}' holds the options of the {name} component and must be a mapping, e.g. {name}: {{key: value}}")
-    flat = {k: v for k, v in data.items() if k not in components}
+    flat = {k: v for k, v in data.items() if k not in sections}
     recipe = build(Recipe, flat, source, lines)
     recipe.sections = {k: (v or {}) for k, v in sections.items()}
     recipe.source = source
@@ -134,7 +192,6 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
 def validate(recipe: Recipe) -> Recipe:
     """Cross-field checks and pair resolution; every component name is looked up here, before any work."""
     from kd.data import DATASETS
-    from kd.distillers import DISTILLERS
     from kd.models import MODELS, ADAPTER_PREFIXES
     from kd.pairs import get_pair
 
@@ -152,8 +209,8 @@ def validate(recipe: Recipe) -> Recipe:
         raise KDError(f"{where}: 'methods' is empty; list at least one distiller, e.g. methods: [vanilla]")
     if not recipe.seeds:
         raise KDError(f"{where}: 'seeds' is empty; list at least one seed, e.g. seeds: [0]")
-    for method in recipe.methods:
-        DISTILLERS.get(method)
+    for label in recipe.methods:
+        method_class(label)
     if len(set(recipe.methods)) != len(recipe.methods) or len(set(recipe.seeds)) != len(recipe.seeds):
         raise KDError(f"{where}: 'methods' and 'seeds' must not repeat an entry")
     if not recipe.student:
@@ -162,7 +219,7 @@ def validate(recipe: Recipe) -> Recipe:
         name = getattr(recipe, role)
         if name and not name.startswith(ADAPTER_PREFIXES):
             MODELS.get(name)
-    needing = [m for m in recipe.methods if DISTILLERS.get(m).needs_teacher]
+    needing = [m for m in recipe.methods if method_class(m).needs_teacher]
     if needing and not recipe.teacher:
         raise KDError(f"{where}: {', '.join(needing)} needs a teacher: set 'pair', or 'teacher' and 'teacher_checkpoint'")
     if recipe.milestones is None:
@@ -170,7 +227,10 @@ def validate(recipe: Recipe) -> Recipe:
     if recipe.schedule == "multistep" and any(m > recipe.epochs for m in recipe.milestones):
         raise KDError(f"{where}: milestones {recipe.milestones} lie beyond epochs={recipe.epochs}; lower them or drop the ones past the end")
     # Every section's options are checked now, so a typo fails before any training starts.
-    for method in recipe.methods:
-        recipe.options_for(method, DISTILLERS.get(method).Options)
-    recipe.options_for(recipe.dataset, DATASETS.get(recipe.dataset).Options)
+    for name in recipe.sections:
+        if "@" in name and name not in recipe.methods:
+            raise KDError(f"{where}: section '{name}' is a variant that 'methods' does not list; add it to methods or remove it")
+    for label in recipe.methods:
+        recipe.method_options(label)
+    recipe.data_options()
     return recipe

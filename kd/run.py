@@ -7,17 +7,16 @@ from pathlib import Path
 
 import torch
 
-from kd.data import DATASETS, load_data
+from kd.data import load_data
 from kd.data.loader import TensorLoader
 from kd.data.base import ImageSet
-from kd.distillers import DISTILLERS
 from kd.engine.checkpoint import load_weights
 from kd.engine.device import Hardware, resolve_hardware
 from kd.engine.rundir import new_run_dir
 from kd.engine.trainer import Member, Trainer, evaluate, make_optimizer
 from kd.errors import KDError
 from kd.models import create_model
-from kd.recipe import Recipe
+from kd.recipe import Recipe, method_class
 
 
 @dataclass
@@ -45,7 +44,10 @@ def make_loaders(data, recipe: Recipe, hw: Hardware, seed: int, rank: int = 0, w
 
 def build_teacher(recipe: Recipe, num_classes: int, hw: Hardware, console=None, progress=None):
     """The frozen teacher in eval mode, or None when no method needs it."""
-    if not any(DISTILLERS.get(m).needs_teacher for m in recipe.methods):
+    if not any(method_class(m).needs_teacher for m in recipe.methods):
+        if recipe.teacher and console is not None:
+            console.print(f"[yellow]warning:[/] {', '.join(recipe.methods)} use no teacher; "
+                          f"the teacher '{recipe.teacher}' in the recipe is ignored")
         return None
     from kd.teacher import teacher_checkpoint
 
@@ -66,8 +68,8 @@ def compiled(model):
 def build_member(recipe: Recipe, method: str, seed: int, teacher, data, hw: Hardware, run_dir: Path) -> Member:
     torch.manual_seed(seed)  # every method of a seed starts from the same student weights
     student = create_model(recipe.student, data.num_classes)
-    cls = DISTILLERS.get(method)
-    options = recipe.options_for(method, cls.Options)
+    cls = method_class(method)
+    options = recipe.method_options(method)
     student.to(hw.device, memory_format=hw.memory_format)
     if recipe.compile:
         compiled(student)
@@ -83,12 +85,11 @@ def build_member(recipe: Recipe, method: str, seed: int, teacher, data, hw: Hard
 def prepare(recipe: Recipe, console=None, progress=None):
     """Everything that can fail on bad input, done before any file is written."""
     hw = resolve_hardware(recipe.device, recipe.precision, recipe.channels_last, recipe.deterministic)
-    data_options = recipe.options_for(recipe.dataset, DATASETS.get(recipe.dataset).Options)
-    data = load_data(recipe.dataset, data_options, recipe.data_root, recipe.download, recipe.subset_per_class)
+    data = load_data(recipe.dataset, recipe.data_options(), recipe.data_root, recipe.download, recipe.subset_per_class)
     teacher = build_teacher(recipe, data.num_classes, hw, console, progress)
     for method in recipe.methods:  # a method that refuses the pair (e.g. CAM on a non-GAP head) says so now
-        cls = DISTILLERS.get(method)
-        cls.check_models(create_model(recipe.student, data.num_classes), teacher, recipe.options_for(method, cls.Options))
+        method_class(method).check_models(create_model(recipe.student, data.num_classes), teacher,
+                                          recipe.method_options(method), (3, *data.image_size))
     return hw, data, teacher
 
 

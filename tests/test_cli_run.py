@@ -74,3 +74,34 @@ def test_list_shows_every_kind_of_name():
     for name in ("resnet32x4", "ShuffleV2", "timm:<name>", "shapes", "cifar100", "imagefolder", "kd", "vanilla",
                  "quickstart", "resnet32x4-resnet8x4", "recipes/quickstart.yaml"):
         assert name in result.stdout, name
+
+
+def test_a_distiller_defined_outside_the_package_runs_through_the_cli(tmp_path):
+    (tmp_path / "my_distiller.py").write_text('''
+from dataclasses import dataclass
+import torch.nn.functional as F
+from kd.distillers import DISTILLERS, BaseOptions, Distiller
+
+
+@dataclass
+class Options(BaseOptions):
+    match_weight: float = 1.0
+
+
+@DISTILLERS.register("logit_match")
+class LogitMatch(Distiller):
+    """Match the teacher's logits with mean squared error."""
+    Options = Options
+
+    def forward(self, images, targets, teacher, epoch=0):
+        logits = self.student(images)
+        return logits, {"ce": self.ce(logits, targets),
+                        "match": self.options.match_weight * F.mse_loss(logits, teacher.logits)}
+''')
+    recipe = small_recipe(tmp_path, methods="[logit_match]", extra="imports: [my_distiller.py]\nlogit_match: {match_weight: 0.5}\n")
+    result = run_cli(str(recipe))
+    assert result.returncode == 0, result.stderr
+    run = next((tmp_path / "runs").iterdir())
+    rows = list(csv.DictReader(open(run / "logit_match-s0" / "metrics.csv")))
+    assert len(rows) == 1 and float(rows[0]["loss_match"]) > 0
+    assert "match_weight: 0.5" in (run / "recipe.yaml").read_text()

@@ -15,9 +15,27 @@ def test_defaults_pair_and_sections(tmp_path):
     recipe = load_recipe(write(tmp_path, "pair: quickstart\nmethods: [vanilla, kd]\nkd: {T: 2}\nshapes: {train_size: 100}\n"))
     assert (recipe.teacher, recipe.student, recipe.dataset) == ("resnet20", "resnet8", "shapes")
     assert recipe.teacher_checkpoint.endswith("teachers/cache/quickstart-resnet20.pt")
-    from kd.distillers import DISTILLERS
-    options = recipe.options_for("kd", DISTILLERS.get("kd").Options)
+    options = recipe.method_options("kd")
     assert (options.T, options.ce_weight, options.kd_weight) == (2.0, 0.1, 0.9)
+    assert recipe.data_options().train_size == 100
+
+
+def test_variants_inherit_the_base_section_and_override_it(tmp_path):
+    recipe = load_recipe(write(tmp_path, """pair: quickstart
+methods: [kd, kd@hot, kd@cold]
+kd: {T: 2, kd_weight: 0.5}
+kd@hot: {T: 8}
+kd@cold:
+  T: 0.5
+"""))
+    assert [(recipe.method_options(m).T, recipe.method_options(m).kd_weight) for m in recipe.methods] == \
+        [(2.0, 0.5), (8.0, 0.5), (0.5, 0.5)]
+    with pytest.raises(KDError, match=r"r.yaml:4: 'kd@hot.T' is -1.0, but it must be > 0"):
+        load_recipe(write(tmp_path, "pair: quickstart\nmethods: [kd@hot]\nkd: {T: 2}\nkd@hot: {T: -1}\n"))
+    with pytest.raises(KDError, match="section 'kd@warm' is a variant that 'methods' does not list"):
+        load_recipe(write(tmp_path, "pair: quickstart\nmethods: [kd]\nkd@warm: {T: 3}\n"))
+    with pytest.raises(KDError, match=r"unknown distiller 'kdd'"):
+        load_recipe(write(tmp_path, "pair: quickstart\nmethods: [kdd@x]\n"))
 
 
 def test_overrides_are_validated_like_the_file(tmp_path):

@@ -45,7 +45,7 @@ class Distiller(nn.Module):
         self.input_size = tuple(input_size)
 
     @classmethod
-    def check_models(cls, student: nn.Module, teacher: nn.Module | None, options) -> None:
+    def check_models(cls, student: nn.Module, teacher: nn.Module | None, options, input_size=(3, 32, 32)) -> None:
         """Refuse (with KDError) a student/teacher pair this method cannot work with; called before any file is written."""
 
     @property

@@ -36,6 +36,10 @@ class MetricsFile:
         new = self.columns is None
         if new:
             self.columns = list(row)
+        elif any(k not in self.columns for k in row):
+            # a loss term that starts later (after a warm-up): rewrite the file once with the wider header
+            self.columns += [k for k in row if k not in self.columns]
+            self._rewrite(self.rows())
         with open(self.path, "a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
             if new:
@@ -43,6 +47,16 @@ class MetricsFile:
             writer.writerow(row)
             f.flush()
             os.fsync(f.fileno())
+
+    def _rewrite(self, rows: list[dict]) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
 
     def rows(self) -> list[dict]:
         if not self.path.exists():
