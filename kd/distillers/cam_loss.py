@@ -1,0 +1,65 @@
+"""CAM-loss (Wang et al., ICCV 2021, "CAM-loss: Towards Learning Spatially Discriminative Feature
+Representations", arXiv:2109.01359). No teacher: the student's own CAM supervises its CAAM.
+
+    L_cam = mean | N(CAAM) - N(CAM_y) |        total = ce_weight * CE + cam_weight * L_cam
+
+with F the pre-pool map, W the classifier weight, y the ground-truth class, CAM_y = sum_k W[y,k] F_k and
+CAAM = sum_k F_k. The classifier gets no gradient from L_cam: W is detached, otherwise the easiest way
+to shrink L_cam is to make W[y] constant, which turns CAM_y into a scaled CAAM and the term into nothing.
+
+The paper leaves open the normalisation N, the weight, what is detached and a warm-up; each is an option
+here, and the defaults are the ones the toolkit's own ablation (recipes/ablations/) measured best:
+- normalise: minmax (default) | l2 | softmax, per sample over H x W (see kd.cam.normalise)
+- detach: weight (default: only W is detached; the features get gradient through both maps) |
+  target (CAM_y is a fixed target: the features get gradient through the CAAM only)
+- warmup_epochs: epochs at the start with the CAM term off
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from kd.cam import caam, cam, l1_map_loss, normalise
+from kd.distillers.base import DISTILLERS, BaseOptions, Distiller
+from kd.models.features import Features, require_cam
+
+DEFAULT_CAM_WEIGHT = 1.0
+
+
+@dataclass
+class CamOptions(BaseOptions):
+    cam_weight: float = field(default=DEFAULT_CAM_WEIGHT, metadata={"min": 0, "help": "weight of the CAM term"})
+    normalise: Literal["minmax", "l2", "softmax"] = field(default="minmax", metadata={"help": "per-sample normalisation of both maps over H x W"})
+    detach: Literal["weight", "target"] = field(default="weight", metadata={"help": "weight: detach the classifier weight only; target: detach the whole CAM target"})
+    warmup_epochs: int = field(default=0, metadata={"min": 0, "help": "epochs at the start with the CAM term off"})
+    eps: float = field(default=1e-6, metadata={"gt": 0, "help": "epsilon of the normalisation (a constant map stays finite)"})
+
+
+def self_cam_term(student: Features, targets: torch.Tensor, o: CamOptions) -> torch.Tensor:
+    """The CAM-loss L1 term of a network against its own CAM of the ground-truth class."""
+    target = cam(student.pre_pool, student.classifier.weight.detach(), targets)
+    if o.detach == "target":
+        target = target.detach()
+    return l1_map_loss(normalise(caam(student.pre_pool), o.normalise, o.eps), normalise(target, o.normalise, o.eps))
+
+
+def cam_active(o: CamOptions, epoch: int) -> bool:
+    return o.cam_weight > 0 and epoch >= o.warmup_epochs
+
+
+@DISTILLERS.register("cam_loss")
+class CamLoss(Distiller):
+    Options = CamOptions
+    needs_teacher = False
+
+    @classmethod
+    def check_models(cls, student, teacher, options, input_size=(3, 32, 32)):
+        require_cam(student, "student", "cam_loss")
+
+    def forward(self, images, targets, teacher=None, epoch=0):
+        out = self.student.forward_features(images)
+        o = self.options
+        term = self_cam_term(out, targets, o) if cam_active(o, epoch) else out.logits.new_zeros(())
+        return out.logits, {"ce": self.ce(out.logits, targets), "cam": o.cam_weight * term}
