@@ -15,10 +15,40 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from kd.errors import KDError
 from kd.models.features import Features
 from kd.registry import Registry
 
 DISTILLERS: Registry = Registry("distiller")
+
+Shape = tuple[int, int, int]  # (C, H, W) of one stage map
+
+
+@torch.no_grad()
+def probe_shapes(model: nn.Module, input_size=(3, 32, 32)) -> list[Shape]:
+    """(C, H, W) of every stage of `model` for a 2-image zero batch, on the model's own device."""
+    was_training = model.training
+    model.eval()  # batch statistics of two zero images would be meaningless (and BN state must not move)
+    device = next(model.parameters()).device
+    # the class's own method: a torch.compile'd instance attribute would compile again just for this probe
+    out = type(model).forward_features(model, torch.zeros(2, *input_size, device=device))
+    model.train(was_training)
+    return [tuple(s.shape[1:]) for s in out.stages]
+
+
+def describe_stages(shapes: list[Shape]) -> str:
+    return ", ".join(f"{i}: {'x'.join(map(str, s))}" for i, s in enumerate(shapes)) or "none"
+
+
+def pick_stage(index: int, shapes: list[Shape], role: str, option: str) -> int:
+    """`index` (negative counts from the end) as a non-negative stage index, or a KDError that lists the stages."""
+    n = len(shapes)
+    if n == 0:
+        raise KDError(f"the {role} exposes no stage maps, so '{option}' cannot be used with it")
+    if not -n <= index < n:
+        raise KDError(f"{option}: stage index {index} is out of range, the {role} has {n} stages (valid indices "
+                      f"{-n}..{n - 1}); {role} stages (C x H x W): {describe_stages(shapes)}")
+    return index % n
 
 
 @dataclass
@@ -68,13 +98,3 @@ class Distiller(nn.Module):
 
     def extra_parameter_count(self) -> int:
         return sum(p.numel() for m in self.extra_modules() for p in m.parameters())
-
-    @torch.no_grad()
-    def probe(self, model: nn.Module) -> Features:
-        """Run `model` once on a dummy batch to learn its feature shapes (at set-up, never in training)."""
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        out = model.forward_features(torch.zeros(2, *self.input_size, device=device))
-        model.train(was_training)
-        return out

@@ -1,0 +1,95 @@
+"""Attention transfer (Zagoruyko & Komodakis, ICLR 2017, "Paying More Attention to Attention").
+
+The student matches the teacher's spatial attention maps at paired stages:
+
+    A(f) = normalise_L2 over HxW of  mean_c |f_c|^p          (one map per image, no channels left)
+    at   = feat_weight * sum over pairs of  mean (A(f_student) - A(f_teacher))^2
+    total = ce_weight * CE + at
+
+Conventions (those of the standard CIFAR-100 benchmark; ../shared/fixtures/reference_losses.json holds its
+numbers and test_distillers_feature.py checks them):
+- p = 2. |f|^p is the paper's definition; for even p it equals the benchmark's f.pow(p), and unlike
+  f.pow(p) it stays finite for a fractional p on stages that can be negative (MobileNetV2's linear
+  bottlenecks).
+- When the two maps of a pair differ in size, the larger FEATURE map is adaptive-average-pooled to the
+  smaller size BEFORE the attention map is formed (pooling the attention maps instead does not reproduce
+  the benchmark's values).
+- The maps carry no channels, so no adapter is needed: AT adds no parameters.
+- Pairs: by default every student stage with the teacher stage of the same index counted from the end
+  (the deepest with the deepest), and only when both networks have the same number of stages. Unequal
+  counts are refused with the stage shapes listed; set `at.pairs` (a list of [student, teacher] index
+  pairs, negative counts from the end, e.g. [[0, 1], [1, 2], [2, 3]]) explicitly. Never a silent zip.
+- Losses are computed in float32 so that they are right under autocast.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from kd.distillers.base import DISTILLERS, BaseOptions, Distiller, Shape, describe_stages, pick_stage, probe_shapes
+from kd.errors import KDError
+
+
+def attention_map(feature: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H*W): channel mean of |f|^p, L2-normalised over the positions."""
+    return F.normalize(feature.float().abs().pow(p).mean(1).flatten(1), dim=1)
+
+
+def at_loss(student_feature: torch.Tensor, teacher_feature: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """Attention-transfer loss of one stage pair (unweighted), in float32."""
+    s, t = student_feature.float(), teacher_feature.detach().float()
+    if s.shape[2:] != t.shape[2:]:
+        # Pool to the smaller size in each direction; a map already that size is left as it is.
+        size = (min(s.shape[2], t.shape[2]), min(s.shape[3], t.shape[3]))
+        s = s if s.shape[2:] == size else F.adaptive_avg_pool2d(s, size)
+        t = t if t.shape[2:] == size else F.adaptive_avg_pool2d(t, size)
+    return (attention_map(s, p) - attention_map(t, p)).pow(2).mean()
+
+
+@dataclass
+class ATOptions(BaseOptions):
+    feat_weight: float = field(default=1000.0, metadata={"min": 0, "help": "weight of the attention-transfer term"})
+    p: float = field(default=2.0, metadata={"gt": 0, "help": "exponent of the attention map: channel mean of |f|^p"})
+    pairs: list[list[int]] | None = field(default=None, metadata={"help": "[student, teacher] stage index pairs, e.g. [[0, 0], [1, 1]] (negative: from the end); null: every stage with the same index from the end (needs equal stage counts)"})
+
+
+def choose_pairs(student: list[Shape], teacher: list[Shape], pairs: list[list[int]] | None) -> list[tuple[int, int]]:
+    """The (student stage, teacher stage) pairs to match, as non-negative indices."""
+    listing = f"student stages: {describe_stages(student)}; teacher stages: {describe_stages(teacher)}"
+    if pairs is None:
+        if len(student) != len(teacher) or not student:
+            raise KDError(f"at: the student has {len(student)} stages and the teacher {len(teacher)}, so stages cannot be "
+                          f"paired by default; set at.pairs to [student, teacher] index pairs, e.g. "
+                          f"at.pairs=[[0, 1], [1, 2]] ({listing})")
+        # Equal counts: the same index from the end is the same index from the start.
+        return [(i, i) for i in range(len(student))]
+    if not pairs:
+        raise KDError(f"at.pairs is empty; list at least one [student, teacher] pair or set it to null ({listing})")
+    chosen = []
+    for pair in pairs:
+        if len(pair) != 2:
+            raise KDError(f"at.pairs: each entry must be [student_index, teacher_index], got {pair} ({listing})")
+        chosen.append((pick_stage(pair[0], student, "student", "at.pairs"), pick_stage(pair[1], teacher, "teacher", "at.pairs")))
+    return chosen
+
+
+@DISTILLERS.register("at")
+class AT(Distiller):
+    Options = ATOptions
+
+    def __init__(self, student, teacher, options, input_size=(3, 32, 32)):
+        super().__init__(student, teacher, options, input_size)
+        self.pairs = choose_pairs(probe_shapes(student, self.input_size), probe_shapes(teacher, self.input_size),
+                                  options.pairs)
+
+    @classmethod
+    def check_models(cls, student, teacher, options, input_size=(3, 32, 32)):
+        choose_pairs(probe_shapes(student, input_size), probe_shapes(teacher, input_size), options.pairs)
+
+    def forward(self, images, targets, teacher, epoch=0):
+        o = self.options
+        out = self.student.forward_features(images)
+        term = sum(at_loss(out.stages[s], teacher.stages[t], o.p) for s, t in self.pairs)
+        return out.logits, {"ce": self.ce(out.logits, targets), "at": o.feat_weight * term}
