@@ -15,7 +15,8 @@ from pathlib import Path
 
 from kd.errors import KDError
 
-COMMANDS = ("run", "teacher", "list")
+COMMANDS = ("run", "compare", "teacher", "list", "report")
+ALL_METHODS = ["vanilla", "kd", "fitnets", "at", "cam_loss", "ccm", "ccm_kd"]
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -25,11 +26,19 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def make_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="run_kd.py", description="kd: knowledge distillation for image classifiers")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (any position)")
     sub = parser.add_subparsers(dest="command", parser_class=ArgumentParser)
     run = sub.add_parser("run", help="train the students of a recipe")
-    run.add_argument("recipe", help="recipe YAML file")
+    run.add_argument("recipe", nargs="?", help="recipe YAML file (optional with --resume)")
     run.add_argument("overrides", nargs="*", help="key=value (dotted for sections: kd.T=2)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoints")
+    compare = sub.add_parser("compare", help="train every method on a pair and write the comparison tables and plots")
+    compare.add_argument("recipe", help="recipe YAML file (methods default to all seven)")
+    compare.add_argument("overrides", nargs="*", help="key=value, e.g. methods=[kd,ccm] seeds=[0,1,2]")
+    compare.add_argument("--fresh", action="store_true", help="start a new comparison even if an interrupted one exists")
+    report = sub.add_parser("report", help="rebuild tables and plots from run directories, without training")
+    report.add_argument("run_dirs", nargs="+", help="run directories (several merge into one table)")
+    report.add_argument("--out", help="output folder (default: the first run directory's report/)")
     teacher = sub.add_parser("teacher", help="train a pair's teacher, or report the one it has")
     teacher.add_argument("pair")
     teacher.add_argument("overrides", nargs="*", help="key=value overrides of the teacher recipe")
@@ -43,16 +52,18 @@ def make_parser() -> ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    # `run_kd.py RECIPE.yaml ...` is short for `run_kd.py run RECIPE.yaml ...`
+    argv = [a for a in argv if a != "--debug"]
+    # `run_kd.py RECIPE.yaml ...` and `run_kd.py --resume DIR` are short for `run_kd.py run ...`
     first = next((a for a in argv if not a.startswith("-")), None)
-    if first is not None and first not in COMMANDS:
-        argv.insert(argv.index(first), "run")
+    if (first is not None and first not in COMMANDS) or (argv and argv[0] == "--resume"):
+        argv.insert(0, "run")
     try:
         args = make_parser().parse_args(argv)
         if args.command is None:
             make_parser().print_help()
             return 0
-        return {"run": cmd_run, "teacher": cmd_teacher, "list": cmd_list}[args.command](args)
+        handlers = {"run": cmd_run, "compare": cmd_compare, "teacher": cmd_teacher, "list": cmd_list, "report": cmd_report}
+        return handlers[args.command](args)
     except KDError as err:
         if debug:
             raise
@@ -82,11 +93,62 @@ def cmd_run(args) -> int:
     from kd.recipe import load_recipe
     from kd.run import run_recipe
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    overrides = list(args.overrides)
+    if args.recipe and "=" in args.recipe and not Path(args.recipe).exists():
+        overrides.insert(0, args.recipe)  # `--resume DIR key=value`: the first override, not a recipe
+        args.recipe = None
+    if args.resume:
+        overrides.append(f"resume={args.resume}")
+    if args.recipe is None:
+        if not args.resume:
+            raise KDError("run_kd.py run: give a recipe (run_kd.py RECIPE.yaml) or --resume RUN_DIR")
+        saved = Path(args.resume) / "recipe.yaml"
+        if not saved.is_file():
+            raise KDError(f"--resume {args.resume}: not a run directory (it has no recipe.yaml); pass a folder a run printed")
+        recipe = load_recipe(saved, overrides)
+    else:
+        recipe = load_recipe(args.recipe, overrides)
     con = console()
     with progress_bar(con) as progress:
         result = run_recipe(recipe, con, progress)
     print_summary(con, result)
+    return 0
+
+
+def command_line() -> str:
+    return " ".join(["python run_kd.py", *sys.argv[1:]])
+
+
+def cmd_compare(args) -> int:
+    from kd.recipe import load_recipe
+    from kd.report.write import write_report
+    from kd.run import run_recipe
+    from kd.yamlio import load_mapping
+
+    raw, _ = load_mapping(args.recipe)
+    overrides = list(args.overrides)
+    if "methods" not in raw and not any(o.split("=", 1)[0].strip() == "methods" for o in overrides):
+        overrides.insert(0, f"methods=[{', '.join(ALL_METHODS)}]")
+    recipe = load_recipe(args.recipe, overrides)
+    con = console()
+    if not args.fresh and recipe.resume is None:
+        from kd.run import interrupted_run
+
+        unfinished = interrupted_run(recipe)
+        if unfinished is not None:
+            con.print(f"resuming the interrupted comparison in {unfinished} (--fresh starts a new one)")
+            recipe.resume = str(unfinished)
+    with progress_bar(con) as progress:
+        result = run_recipe(recipe, con, progress)
+    write_report([result.run_dir], result.run_dir / "report", command_line(), con)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from kd.report.write import write_report
+
+    out = Path(args.out) if args.out else Path(args.run_dirs[0]) / "report"
+    write_report(args.run_dirs, out, command_line(), console())
     return 0
 
 

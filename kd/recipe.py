@@ -49,6 +49,7 @@ class Recipe:
     compile: bool = field(default=False, metadata={"help": "torch.compile student and teacher"})
     deterministic: bool = field(default=False, metadata={"help": "deterministic algorithms (slower)"})
     shared_teacher: bool = field(default=True, metadata={"help": "train all students of a seed side by side, one teacher pass per batch"})
+    resume: str | None = field(default=None, metadata={"help": "a run directory of this recipe to continue from its last checkpoints"})
     output_dir: str = field(default="runs", metadata={"help": "where run directories are made"})
     checkpoint_every: int = field(default=1, metadata={"min": 1, "help": "save the resumable checkpoint every n epochs"})
     # Not keys of the file: filled in by recipe_from_mapping.
@@ -227,9 +228,6 @@ def validate(recipe: Recipe) -> Recipe:
     if recipe.schedule == "multistep" and any(m > recipe.epochs for m in recipe.milestones):
         raise KDError(f"{where}: milestones {recipe.milestones} lie beyond epochs={recipe.epochs}; lower them or drop the ones past the end")
     # Every section's options are checked now, so a typo fails before any training starts.
-    for name in recipe.sections:
-        if "@" in name and name not in recipe.methods:
-            raise KDError(f"{where}: section '{name}' is a variant that 'methods' does not list; add it to methods or remove it")
     for label in recipe.methods:
         recipe.method_options(label)
     recipe.data_options()

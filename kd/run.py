@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import csv
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 from kd.data import load_data
 from kd.data.loader import TensorLoader
@@ -94,12 +96,18 @@ def prepare(recipe: Recipe, console=None, progress=None):
 
 
 def run_recipe(recipe: Recipe, console=None, progress=None) -> RunResult:
+    """Train every (method, seed) student of the recipe into a new run directory, or into
+    `recipe.resume`, continuing each student from its last checkpoint."""
+    resume_dir = check_resume(recipe) if recipe.resume else None
     hw, data, teacher = prepare(recipe, console, progress)
-    run_dir = new_run_dir(recipe.output_dir, recipe.name)
-    (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
+    if resume_dir is None:
+        run_dir = new_run_dir(recipe.output_dir, recipe.name)
+        (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
+    else:
+        run_dir = resume_dir
     if console is not None:
-        console.print(f"run directory [bold]{run_dir}[/]  ({hw.describe()}, {len(data.train)} train / "
-                      f"{len(data.test)} test images, {data.num_classes} classes)")
+        console.print(f"{'resuming' if resume_dir else 'run directory'} [bold]{run_dir}[/]  ({hw.describe()}, "
+                      f"{len(data.train)} train / {len(data.test)} test images, {data.num_classes} classes)")
     teacher_top1 = None
     if teacher is not None:
         _, test_loader = make_loaders(data, recipe, hw, seed=0)
@@ -113,11 +121,71 @@ def run_recipe(recipe: Recipe, console=None, progress=None) -> RunResult:
         seed = group[0][1]
         train_loader, test_loader = make_loaders(data, recipe, hw, seed)
         members = [build_member(recipe, m, s, teacher, data, hw, run_dir) for m, s in group]
+        for member in members:
+            state = last_state(member.run_dir)
+            if state is not None:
+                member.restore(state)
         Trainer(members, teacher, train_loader, test_loader, recipe, hw, console=console).fit(progress=progress)
         members_done += [(m, s, member) for (m, s), member in zip(group, members)]
     rows = [summary_row(m, s, member, teacher_top1) for m, s, member in members_done]
     write_summary(run_dir / "summary.csv", rows)
     return RunResult(run_dir, teacher_top1, rows)
+
+
+def check_resume(recipe: Recipe) -> Path:
+    """The run directory to resume; it must be a run made by this same recipe."""
+    run_dir = Path(recipe.resume)
+    saved = run_dir / "recipe.yaml"
+    if not saved.is_file():
+        raise KDError(f"resume: {run_dir} is not a run directory (it has no recipe.yaml); pass a folder a run printed")
+    ours, theirs = yaml.safe_load(recipe.to_yaml()), yaml.safe_load(saved.read_text())
+    ours.pop("resume", None), theirs.pop("resume", None)
+    differ = [k for k in dict.fromkeys([*ours, *theirs]) if ours.get(k) != theirs.get(k)]
+    if differ:
+        raise KDError(f"resume: {run_dir} was made by a different recipe ({', '.join(differ)} differ); "
+                      f"resume it without a recipe (run_kd.py run --resume {run_dir}) or start a new run")
+    return run_dir
+
+
+def interrupted_run(recipe: Recipe) -> Path | None:
+    """The newest run directory of this same recipe that has no summary yet (it was interrupted)."""
+    base = Path(recipe.output_dir)
+    candidates = sorted(base.glob(f"{recipe.name}-*/recipe.yaml"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for saved in candidates:
+        if (saved.parent / "summary.csv").exists():
+            continue
+        try:
+            recipe.resume = str(saved.parent)
+            return check_resume(recipe)
+        except KDError:
+            continue
+        finally:
+            recipe.resume = None
+    return None
+
+
+def last_state(member_dir: Path) -> dict | None:
+    """The newest readable checkpoint of a student, falling back to the previous one if the newest is corrupt."""
+    from kd.engine.checkpoint import previous, read_checkpoint
+
+    last = member_dir / "checkpoints" / "last.pt"
+    errors = []
+    for path in (last, previous(last)):
+        if not path.is_file():
+            continue
+        try:
+            state = read_checkpoint(path, "checkpoint")
+        except KDError as err:
+            errors.append(str(err))
+            continue
+        if isinstance(state, dict) and "distiller" in state and "history" in state:
+            if errors:
+                print(f"warning: {errors[0]}; resuming from {path} instead", file=sys.stderr)
+            return state
+        errors.append(f"{path} is not a resumable checkpoint")
+    if errors:
+        raise KDError(f"cannot resume {member_dir}: {errors[-1]}")
+    return None
 
 
 def summary_row(method: str, seed: int, member: Member, teacher_top1) -> dict:

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -22,9 +20,33 @@ def save_atomic(obj, path: str | Path) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+
+
+def save_rotating(obj, path: str | Path) -> None:
+    """Atomic save that keeps the previous file as <name>.prev: if the new one is ever found corrupt,
+    the last good one is still there."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    if path.exists():
+        os.replace(path, previous(path))
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def previous(path: Path) -> Path:
+    return path.with_name(path.name + ".prev")
+
+
+def _fsync_dir(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)  # make the rename itself durable
+        os.fsync(dir_fd)  # make the renames themselves durable
     finally:
         os.close(dir_fd)
 
@@ -35,7 +57,7 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint"):
         raise KDError(f"{what} {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as err:
+    except Exception as err:  # torch.load fails in many ways on a damaged file (zip, pickle, struct errors)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise KDError(f"{what} {path} is not a readable torch checkpoint ({first[:160]}); "
                       f"it may be truncated or corrupt, or not a checkpoint at all") from err

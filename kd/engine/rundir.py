@@ -48,6 +48,15 @@ class MetricsFile:
             f.flush()
             os.fsync(f.fileno())
 
+    def replace(self, rows: list[dict]) -> None:
+        """Make the file hold exactly `rows` (a resumed run restores what its checkpoint knew)."""
+        if not rows:
+            self.path.unlink(missing_ok=True)
+            self.columns = None
+            return
+        self.columns = list(dict.fromkeys(k for row in rows for k in row))
+        self._rewrite(rows)
+
     def _rewrite(self, rows: list[dict]) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open(tmp, "w", newline="") as f:

@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from kd.distillers.base import Distiller
-from kd.engine.checkpoint import save_atomic
+from kd.engine.checkpoint import save_atomic, save_rotating
 from kd.engine.device import Hardware
 from kd.engine.rundir import MetricsFile
+from kd.errors import KDError
 from kd.models.features import Features
 
 
@@ -47,9 +48,63 @@ class Member:
     metrics: MetricsFile = None
     best_top1: float = -1.0
     history: list[dict] = field(default_factory=list)
+    done_epochs: int = 0  # epochs finished (more than 0 after a resume)
 
     def __post_init__(self):
         self.metrics = MetricsFile(self.run_dir / "metrics.csv")
+
+    @property
+    def needs_teacher(self) -> bool:
+        return unwrap(self.distiller).needs_teacher
+
+    def state(self) -> dict:
+        """Everything a resumed run needs to continue exactly where this one stopped."""
+        student = unwrap(self.distiller).student
+        return {"model": student.state_dict(), "arch": getattr(student, "arch_name", None),
+                "epoch": self.done_epochs, "distiller": unwrap(self.distiller).state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "best_top1": self.best_top1, "history": self.history, "rng": rng_state()}
+
+    def restore(self, state: dict) -> None:
+        unwrap(self.distiller).load_state_dict(state["distiller"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.best_top1, self.history, self.done_epochs = state["best_top1"], list(state["history"]), state["epoch"]
+        set_rng_state(state["rng"])
+        self.metrics.replace(self.history)  # rows written after the checkpoint are redone
+
+
+def rng_state() -> dict:
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": (kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, gauss)}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class LossNotFinite(KDError):
+    """A loss term became NaN or infinite: the run stops, its last good checkpoint stays."""
 
 
 def make_optimizer(distiller: Distiller, recipe):
@@ -114,34 +169,33 @@ class Trainer:
         self.recipe, self.hw, self.is_main = recipe, hw, is_main
         self.console = console
         self.on_epoch_end = on_epoch_end
-        self.needs_teacher = any(m.distiller.needs_teacher for m in members)
 
-    def train_epoch(self, epoch: int, progress=None, task=None) -> dict[str, dict]:
+    def train_epoch(self, members: list[Member], epoch: int, progress=None, task=None) -> dict[str, dict]:
         hw = self.hw
-        for m in self.members:
+        for m in members:
             m.distiller.train()
-        if self.teacher is not None:
-            self.teacher.eval()
+        needs_teacher = any(m.needs_teacher for m in members)
         self.train_loader.set_epoch(epoch)
-        n_members = len(self.members)
-        # per member: [sum of each term..., correct, seen]; kept on the device to avoid a sync per step
-        sums = [dict() for _ in self.members]
-        correct = [torch.zeros((), device=hw.device) for _ in self.members]
+        # running sums per member, kept on the device so that no step waits for the GPU
+        sums = [dict() for _ in members]
+        correct = [torch.zeros((), device=hw.device) for _ in members]
+        guards = [NonFiniteGuard(hw.device) for _ in members]
         seen = 0
-        member_seconds = [0.0] * n_members
+        member_seconds = [0.0] * len(members)
         teacher_seconds = 0.0
-        timing = n_members > 1  # split the time between students only when there is more than one
+        timing = len(members) > 1  # split the time between students only when there is more than one
         start = time.perf_counter()
-        for images, targets in self.train_loader:
+        for step, (images, targets) in enumerate(self.train_loader):
             t0 = time.perf_counter()
-            t_out = teacher_pass(self.teacher, images, hw) if self.needs_teacher else None
+            t_out = teacher_pass(self.teacher, images, hw) if needs_teacher else None
             if timing:
                 sync(hw)
                 teacher_seconds += time.perf_counter() - t0
-            for i, m in enumerate(self.members):
+            for i, m in enumerate(members):
                 t1 = time.perf_counter()
                 logits, losses = self.step(m, images, targets, t_out, epoch)
                 with torch.no_grad():
+                    guards[i].record(losses, step)
                     for term, value in losses.items():
                         sums[i][term] = sums[i].get(term, 0.0) + value.detach().float() * len(targets)
                     correct[i] += (logits.argmax(1) == targets).sum()
@@ -149,16 +203,22 @@ class Trainer:
                     sync(hw)
                     member_seconds[i] += time.perf_counter() - t1
             seen += len(targets)
+            if hw.device.type == "cpu" or step % 25 == 24:  # on a GPU, look only now and then: it syncs
+                for m, guard in zip(members, guards):
+                    guard.check(m.label, epoch)
             if progress is not None:
                 progress.advance(task)
+        for m, guard in zip(members, guards):
+            guard.check(m.label, epoch)
         sync(hw)
         elapsed = time.perf_counter() - start
         results = {}
         count = all_reduce_sum(torch.tensor(float(seen), device=hw.device)).item()
-        for i, m in enumerate(self.members):
+        for i, m in enumerate(members):
             terms = {k: all_reduce_sum(v.clone()).item() / count for k, v in sums[i].items()}
             top1 = 100 * all_reduce_sum(correct[i].float().clone()).item() / count
-            own = (member_seconds[i] + teacher_seconds) if timing else elapsed
+            # a student's cost as if it trained alone: its own steps, plus the teacher pass if it uses one
+            own = member_seconds[i] + (teacher_seconds if m.needs_teacher else 0.0) if timing else elapsed
             results[m.label] = {"loss": sum(terms.values()), **{f"loss_{k}": v for k, v in terms.items()},
                                 "train_top1": top1, "images_per_s": count / max(own, 1e-9), "seconds": own}
         return results
@@ -177,23 +237,29 @@ class Trainer:
             m.optimizer.step()
         return logits, losses
 
-    def fit(self, start_epoch: int = 0, progress=None):
+    def fit(self, progress=None):
+        """Train every member to the recipe's last epoch; members restored from a checkpoint start
+        where they stopped (a member ahead of the others waits until they catch up)."""
         epochs = self.recipe.epochs
+        start_epoch = min(m.done_epochs for m in self.members)
         epoch_task = step_task = None
-        if progress is not None:
+        if progress is not None and start_epoch < epochs:
             epoch_task = progress.add_task("epochs", total=epochs, completed=start_epoch)
             step_task = progress.add_task("steps", total=len(self.train_loader))
         for epoch in range(start_epoch, epochs):
+            active = [m for m in self.members if m.done_epochs == epoch]
             if progress is not None:
                 progress.reset(step_task, total=len(self.train_loader), description=f"epoch {epoch + 1}/{epochs}")
-            lrs = [m.optimizer.param_groups[0]["lr"] for m in self.members]
-            results = self.train_epoch(epoch, progress, step_task)
-            for m, lr in zip(self.members, lrs):
+            lrs = [m.optimizer.param_groups[0]["lr"] for m in active]
+            results = self.train_epoch(active, epoch, progress, step_task)
+            for m, lr in zip(active, lrs):
                 m.scheduler.step()
-                row = {"epoch": epoch + 1, "lr": lr, **results[m.label], **evaluate(m.distiller.student, self.test_loader, self.hw)}
+                row = {"epoch": epoch + 1, "lr": lr, **results[m.label],
+                       **evaluate(unwrap(m.distiller).student, self.test_loader, self.hw)}
                 m.history.append(row)
+                m.done_epochs = epoch + 1
                 if self.is_main:
-                    self.save(m, row, epoch)
+                    self.save(m, row)
                     if self.console is not None:
                         self.console.print(epoch_line(m.label, row, epochs))
             if self.on_epoch_end is not None:
@@ -201,20 +267,43 @@ class Trainer:
             if progress is not None:
                 progress.advance(epoch_task)
 
-    def save(self, m: Member, row: dict, epoch: int) -> None:
-        m.metrics.append(row)
-        student = unwrap(m.distiller).student
-        weights = {"model": student.state_dict(), "arch": getattr(student, "arch_name", None),
-                   "epoch": epoch + 1, "test_top1": row["test_top1"]}
+    def save(self, m: Member, row: dict) -> None:
+        """Checkpoint first, then the metrics row: a crash in between loses nothing, because a resumed run
+        rewrites metrics.csv from the checkpoint's history."""
+        epoch = m.done_epochs
         if row["test_top1"] > m.best_top1:
             m.best_top1 = row["test_top1"]
-            save_atomic(weights, m.run_dir / "checkpoints" / "best.pt")
-        if (epoch + 1) % self.recipe.checkpoint_every == 0 or epoch + 1 == self.recipe.epochs:
-            state = {**weights, "distiller": unwrap(m.distiller).state_dict(),
-                     "optimizer": m.optimizer.state_dict(), "scheduler": m.scheduler.state_dict(),
-                     "scaler": m.scaler.state_dict() if m.scaler is not None else None,
-                     "best_top1": m.best_top1}
-            save_atomic(state, m.run_dir / "checkpoints" / "last.pt")
+            student = unwrap(m.distiller).student
+            save_atomic({"model": student.state_dict(), "arch": getattr(student, "arch_name", None),
+                         "epoch": epoch, "test_top1": row["test_top1"]}, m.run_dir / "checkpoints" / "best.pt")
+        if epoch % self.recipe.checkpoint_every == 0 or epoch == self.recipe.epochs:
+            save_rotating({**m.state(), "test_top1": row["test_top1"]}, m.run_dir / "checkpoints" / "last.pt")
+        m.metrics.append(row)
+
+
+class NonFiniteGuard:
+    """Notices the first step at which a loss term is NaN or infinite, without a device sync per step."""
+
+    def __init__(self, device):
+        self.bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.bad_terms = None
+        self.names: list[str] = []
+
+    def record(self, losses: dict, step: int) -> None:
+        finite = torch.stack([torch.isfinite(v.detach()).all() for v in losses.values()])
+        first = (self.bad_step < 0) & ~finite.all()
+        self.bad_step = torch.where(first, torch.full_like(self.bad_step, step), self.bad_step)
+        self.bad_terms = ~finite if self.bad_terms is None else torch.where(first, ~finite, self.bad_terms)
+        self.names = list(losses)
+
+    def check(self, label: str, epoch: int) -> None:
+        step = int(self.bad_step.item())
+        if step >= 0:
+            terms = [n for n, bad in zip(self.names, self.bad_terms.tolist()) if bad]
+            raise LossNotFinite(
+                f"{label}: loss term {', '.join(repr(t) for t in terms)} became NaN or infinite at epoch {epoch + 1}, "
+                f"step {step + 1}; the run stopped and its last good checkpoint is kept; lower the learning rate "
+                f"or that term's weight, or use precision: fp32")
 
 
 def unwrap(module: nn.Module) -> nn.Module:

@@ -1,0 +1,113 @@
+"""Resume: a run killed with SIGKILL in the middle of an epoch continues from its last checkpoint and ends
+exactly where an uninterrupted run ends; corrupt checkpoints are detected; results are never overwritten."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT, run_cli
+from test_cli_run import small_recipe
+
+TIMING = {"images_per_s", "seconds"}
+
+
+def rows(path):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(open(path))]
+
+
+def start(recipe, *args):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, str(ROOT / "run_kd.py"), str(recipe), *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
+    extra = "shapes: {train_size: 1200, test_size: 64, num_classes: 4}\n"
+    recipe = small_recipe(tmp_path, extra=extra)
+    args = ["epochs=3", "batch_size=32"]
+    whole = run_cli(str(recipe), *args, "output_dir=" + str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    reference = next((tmp_path / "whole").iterdir())
+
+    process = start(recipe, *args, "output_dir=" + str(tmp_path / "cut"))
+    deadline = time.time() + 300
+    metrics = None
+    while time.time() < deadline and process.poll() is None:
+        found = list((tmp_path / "cut").glob("*/kd-s0/metrics.csv"))
+        if found and len(list(csv.DictReader(open(found[0])))) >= 1:
+            metrics = found[0]
+            time.sleep(0.3)  # into the second epoch
+            break
+        time.sleep(0.02)
+    assert metrics is not None and process.poll() is None, "the run ended before it could be interrupted"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    run_dir = metrics.parent.parent
+    assert len(rows(metrics)) < 3
+    resumed = run_cli("--resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    for label in ("vanilla-s0", "kd-s0"):
+        assert rows(run_dir / label / "metrics.csv") == rows(reference / label / "metrics.csv")
+        ours = torch.load(run_dir / label / "checkpoints" / "last.pt", weights_only=True)["model"]
+        theirs = torch.load(reference / label / "checkpoints" / "last.pt", weights_only=True)["model"]
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert len(list((tmp_path / "cut").iterdir())) == 1  # resumed in place, no second directory
+
+
+def test_corrupt_last_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    recipe = small_recipe(tmp_path, methods="[vanilla]")
+    assert run_cli(str(recipe), "epochs=2").returncode == 0
+    run_dir = next((tmp_path / "runs").iterdir())
+    last = run_dir / "vanilla-s0" / "checkpoints" / "last.pt"
+    assert (last.parent / "last.pt.prev").is_file()
+    last.write_bytes(last.read_bytes()[:1000])  # truncated
+    result = run_cli("--resume", str(run_dir), "epochs=3")
+    assert result.returncode == 2 and "different recipe (epochs differ)" in result.stderr
+    from kd.run import last_state
+    state = last_state(run_dir / "vanilla-s0")
+    assert state["epoch"] == 1  # the previous, good checkpoint
+    (last.parent / "last.pt.prev").write_bytes(b"junk")
+    with pytest.raises(Exception, match="not a readable torch checkpoint"):
+        last_state(run_dir / "vanilla-s0")
+
+
+def test_same_recipe_twice_makes_two_run_directories_and_a_bad_resume_is_refused(tmp_path):
+    recipe = small_recipe(tmp_path, methods="[vanilla]")
+    assert run_cli(str(recipe)).returncode == 0
+    assert run_cli(str(recipe)).returncode == 0
+    assert len(list((tmp_path / "runs").iterdir())) == 2
+    result = run_cli("--resume", str(tmp_path))
+    assert result.returncode == 2 and "not a run directory" in result.stderr
+
+
+def test_a_non_finite_loss_stops_the_run_naming_term_epoch_and_step(tmp_path):
+    (tmp_path / "exploding.py").write_text('''
+import torch
+from kd.distillers import DISTILLERS, Distiller
+
+
+@DISTILLERS.register("exploding")
+class Exploding(Distiller):
+    needs_teacher = False
+
+    def forward(self, images, targets, teacher=None, epoch=0):
+        logits = self.student(images)
+        self.steps = getattr(self, "steps", 0) + 1
+        boom = torch.tensor(float("nan")) if epoch == 1 and self.steps > 6 else torch.tensor(0.0)
+        return logits, {"ce": self.ce(logits, targets), "boom": boom}
+''')
+    recipe = small_recipe(tmp_path, methods="[exploding]", extra="imports: [exploding.py]\n")
+    result = run_cli(str(recipe), "epochs=3")  # 64 images / batch 16: 4 steps an epoch, NaN at epoch 2 step 3
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: exploding-s0: loss term 'boom' became NaN or infinite at epoch 2, step 3; the run stopped and its "
+        "last good checkpoint is kept; lower the learning rate or that term's weight, or use precision: fp32")
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert torch.load(run_dir / "exploding-s0" / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
+    assert len(rows(run_dir / "exploding-s0" / "metrics.csv")) == 1
