@@ -1,0 +1,1 @@
+"""Reports rebuilt from saved run directories: pandas tables, convergence curves, CAM pictures."""
