@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) run_kd.py recipes/quickstart.yaml
+	$(PY) run_kd.py compare recipes/quickstart.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -45,7 +45,7 @@ class Recipe:
     warmup_epochs: int = field(default=0, metadata={"min": 0, "help": "linear learning-rate warm-up epochs"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA when present, else CPU), cpu, cuda, cuda:N"})
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata={"help": "auto: bf16 autocast on GPUs that support it, fp32 on the CPU"})
-    channels_last: bool | None = field(default=None, metadata={"help": "channels_last memory format; null: on for CUDA"})
+    channels_last: bool | None = field(default=None, metadata={"help": "channels_last memory format; null (auto): on, the faster layout on GPUs and on the CPU"})
     compile: bool = field(default=False, metadata={"help": "torch.compile student and teacher"})
     deterministic: bool = field(default=False, metadata={"help": "deterministic algorithms (slower)"})
     shared_teacher: bool = field(default=True, metadata={"help": "train all students of a seed side by side, one teacher pass per batch"})

@@ -1,33 +1,52 @@
-"""Write a report folder: table.csv, table.md, curves.png, each naming the command that made it."""
+"""Write a report folder: table.csv, table.md, curves.png and cams.png, each naming the command that made it."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
 
+from kd.errors import KDError
 from kd.report.plots import plot_curves
 from kd.report.tables import display_table, load_metrics, method_table, to_markdown
 
 
-def write_report(run_dirs, out_dir: Path, command: str, console=None, extra: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Rebuild the tables and curves of `run_dirs` into `out_dir`; `extra` adds per-method columns (e.g. loc_*)."""
+def write_report(run_dirs, out_dir: Path, command: str, console=None, pictures: bool = True) -> pd.DataFrame:
+    """Rebuild the tables and plots of `run_dirs` into `out_dir` from their saved metrics and checkpoints."""
+    from kd.report.cams import localisation_columns, plot_cams
+
     metrics = load_metrics(run_dirs)
     table = method_table(metrics)
-    if extra is not None and len(extra):
-        table = table.merge(extra, on="method", how="left")
+    scores = localisation_columns(run_dirs) if pictures else None
+    teacher_scores = ""
+    if scores is not None:
+        teacher = scores[scores["method"] == "teacher"]
+        if len(teacher):
+            teacher_scores = (f" Teacher CAM localisation: {teacher['loc_energy'].iloc[0]:.1f} % of the positive mass in "
+                              f"the box, pointing game {teacher['loc_pointing'].iloc[0]:.1f} %.")
+        table = table.merge(scores[scores["method"] != "teacher"], on="method", how="left")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "table.csv", index=False)
     display = display_table(table)
     first = metrics.iloc[0]
-    title = f"{first['teacher']} -> {first['student']}" if isinstance(first.get("teacher"), str) else str(first["student"])
-    note = (f"Made by `{command}`.\n\nStudent {first['student']}"
-            + (f", teacher {first['teacher']}" if isinstance(first.get("teacher"), str) else "")
-            + f"; test top-1 in %, mean ± std over seeds; gain = last-epoch mean minus vanilla's; "
+    has_teacher = isinstance(first.get("teacher"), str)
+    title = f"{first['teacher']} -> {first['student']}" if has_teacher else str(first["student"])
+    note = (f"Made by `{command}`.\n\nStudent {first['student']}" + (f", teacher {first['teacher']}" if has_teacher else "")
+            + "; test top-1 in %, mean ± std over seeds; gain = last-epoch mean minus vanilla's; "
               "ep→N% = first epoch at which the seed-mean test top-1 reaches N % of vanilla's final top-1 ('-': never); "
-              "AUC = mean test top-1 over all epochs.\n")
+              "AUC = mean test top-1 over all epochs; img/s = training images per second of each student as if "
+              "trained alone (its steps plus the teacher pass it uses)."
+            + (" loc_energy = share (%) of the true-class CAM's positive mass inside the object box, loc_pointing = % of "
+               "test images whose CAM maximum lies in the box (last-epoch students, test set)." + teacher_scores
+               if scores is not None else "") + "\n")
     (out_dir / "table.md").write_text(f"# {title}\n\n{note}\n{to_markdown(display)}\n")
     plot_curves(metrics, out_dir / "curves.png", title)
+    if pictures:
+        try:
+            plot_cams(Path(run_dirs[0]), out_dir / "cams.png")
+        except KDError as err:  # the data set is not on this machine: everything else is still written
+            if console is not None:
+                console.print(f"[yellow]cams.png skipped:[/] {err}")
     if console is not None:
         print_table(console, display, f"{title}  ({out_dir / 'table.md'})")
     return table

@@ -1,0 +1,171 @@
+"""CAM localisation scores and the CAM picture, computed from a run's saved checkpoints (no training).
+
+Scores use each network's CAM of the ground-truth class on the test images of a data set with object
+boxes (`shapes`): the share of the CAM's positive mass inside the box, and the pointing game (the CAM's
+maximum falls inside the box). They are written to <run>/localisation.csv, one row per student and one
+for the teacher.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from kd.cam import box_scores, caam, cam
+from kd.engine.checkpoint import load_weights, read_checkpoint, state_dict_of
+from kd.engine.device import resolve_hardware
+from kd.errors import KDError
+from kd.models import create_model
+
+
+class SavedRun:
+    """A run directory's recipe, data set, teacher and final students, rebuilt for analysis."""
+
+    def __init__(self, run_dir: Path):
+        from kd.data import load_data
+        from kd.recipe import load_recipe
+
+        self.run_dir = Path(run_dir)
+        self.recipe = load_recipe(self.run_dir / "recipe.yaml", ["resume=null"])
+        r = self.recipe
+        self.data = load_data(r.dataset, r.data_options(), r.data_root, r.download, r.subset_per_class)
+        self.hw = resolve_hardware("cpu" if not torch.cuda.is_available() else "auto", "fp32", False)
+        self.teacher = None
+        if r.teacher and r.teacher_checkpoint and Path(r.teacher_checkpoint).is_file():
+            self.teacher = create_model(r.teacher, self.data.num_classes)
+            load_weights(self.teacher, r.teacher_checkpoint, "teacher", r.teacher, self.data.num_classes)
+            self.teacher.to(self.hw.device).eval()
+
+    def students(self):
+        """(label, seed, model) for every student with a final checkpoint, in the recipe's order."""
+        for label in self.recipe.methods:
+            for seed in self.recipe.seeds:
+                path = self.run_dir / f"{label}-s{seed}" / "checkpoints" / "last.pt"
+                if not path.is_file():
+                    continue
+                model = create_model(self.recipe.student, self.data.num_classes)
+                model.load_state_dict(state_dict_of(read_checkpoint(path), path))
+                yield label, seed, model.to(self.hw.device).eval()
+
+    def test_batch(self, start: int = 0, count: int | None = None):
+        images = self.data.test.images[start:None if count is None else start + count]
+        mean = torch.tensor(self.data.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.data.std).view(1, 3, 1, 1)
+        return ((images.float() / 255 - mean) / std).to(self.hw.device)
+
+
+@torch.inference_mode()
+def maps_of(model, images: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(CAM of `classes`, CAAM) of a model, or None when its head gives no exact CAM."""
+    if getattr(model, "cam_unavailable", None) or model.get_classifier() is None:
+        return None
+    out = model.forward_features(images)
+    return cam(out.pre_pool, out.classifier.weight, classes), caam(out.pre_pool)
+
+
+def localisation(run_dir: Path, batch: int = 500) -> pd.DataFrame | None:
+    """Scores of the teacher and every student, written to <run>/localisation.csv; None without boxes."""
+    run = SavedRun(run_dir)
+    test = run.data.test
+    if test.boxes is None:
+        return None
+    models = ([("teacher", 0, run.teacher)] if run.teacher is not None else []) + list(run.students())
+    rows = []
+    for label, seed, model in models:
+        energy, pointing = [], []
+        for start in range(0, len(test), batch):
+            classes = test.labels[start:start + batch].to(run.hw.device)
+            maps = maps_of(model, run.test_batch(start, batch), classes)
+            if maps is None:
+                break
+            e, p = box_scores(maps[0], test.boxes[start:start + batch], tuple(test.images.shape[-2:]))
+            energy.append(e.cpu())
+            pointing.append(p.cpu())
+        if energy:
+            rows.append({"method": label, "seed": seed, "loc_energy": 100 * torch.cat(energy).mean().item(),
+                         "loc_pointing": 100 * torch.cat(pointing).mean().item()})
+    table = pd.DataFrame(rows)
+    table.to_csv(Path(run_dir) / "localisation.csv", index=False)
+    return table
+
+
+def plot_cams(run_dir: Path, path: Path, count: int = 6) -> Path | None:
+    """cams.png: test images (rows) with the teacher's CAM and each student's CAM and CAAM (seed of the
+    first student of each method), all of the ground-truth class, min-max scaled and overlaid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = SavedRun(run_dir)
+    test = run.data.test
+    # one image per class where possible, so the rows show different shapes
+    picks = []
+    for c in range(run.data.num_classes):
+        hits = torch.nonzero(test.labels == c).flatten()
+        if len(hits):
+            picks.append(int(hits[0]))
+    picks = picks[:count]
+    images = run.test_batch()[picks]
+    classes = test.labels[picks].to(run.hw.device)
+    columns = []
+    if run.teacher is not None and maps_of(run.teacher, images, classes) is not None:
+        teacher_cam, teacher_caam = maps_of(run.teacher, images, classes)
+        columns += [("teacher CAM", teacher_cam), ("teacher CAAM", teacher_caam)]
+    seen = set()
+    for label, _, model in run.students():
+        if label in seen:
+            continue
+        seen.add(label)
+        maps = maps_of(model, images, classes)
+        if maps is not None:
+            columns += [(f"{label}\nCAM", maps[0]), (f"{label}\nCAAM", maps[1])]
+    if not columns:
+        return None
+    size = tuple(test.images.shape[-2:])
+    fig, axes = plt.subplots(len(picks), len(columns) + 1, figsize=(1.25 * (len(columns) + 1), 1.3 * len(picks) + 0.6),
+                             squeeze=False)
+    for row, index in enumerate(picks):
+        picture = test.images[index].permute(1, 2, 0).numpy()
+        axes[row, 0].imshow(picture)
+        axes[row, 0].set_ylabel(test.classes[int(test.labels[index])], fontsize=8)
+        for col, (title, maps) in enumerate(columns, start=1):
+            heat = torch.nn.functional.interpolate(maps[row][None, None].float(), size=size, mode="bilinear",
+                                                   align_corners=False)[0, 0]
+            heat = (heat - heat.min()) / (heat.max() - heat.min() + 1e-6)
+            axes[row, col].imshow(picture)
+            axes[row, col].imshow(heat.cpu().numpy(), cmap="jet", alpha=0.5)
+            if row == 0:
+                axes[row, col].set_title(title, fontsize=7)
+        if test.boxes is not None:
+            x0, y0, x1, y1 = test.boxes[index].tolist()
+            for col in range(len(columns) + 1):
+                axes[row, col].add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                                                       edgecolor="white", linewidth=0.8))
+    axes[0, 0].set_title("image", fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"CAMs of the true class ({run.recipe.teacher} -> {run.recipe.student}); white: object box", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def localisation_columns(run_dirs) -> pd.DataFrame | None:
+    """Mean localisation scores per method over the given runs (computing missing ones), or None."""
+    frames = []
+    for run_dir in map(Path, run_dirs):
+        saved = run_dir / "localisation.csv"
+        try:
+            frame = pd.read_csv(saved) if saved.is_file() else localisation(run_dir)
+        except KDError:
+            frame = None  # e.g. the data set is not on this machine: the table is made without the scores
+        if frame is not None and len(frame):
+            frames.append(frame)
+    if not frames:
+        return None
+    return pd.concat(frames).groupby("method", sort=False)[["loc_energy", "loc_pointing"]].mean().reset_index()
