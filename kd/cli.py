@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kd.errors import KDError
 
-COMMANDS = ("run", "compare", "teacher", "list", "report")
+COMMANDS = ("run", "compare", "teacher", "list", "report", "bench")
 ALL_METHODS = ["vanilla", "kd", "fitnets", "at", "cam_loss", "ccm", "ccm_kd"]
 
 
@@ -39,6 +39,12 @@ def make_parser() -> ArgumentParser:
     report = sub.add_parser("report", help="rebuild tables and plots from run directories, without training")
     report.add_argument("run_dirs", nargs="+", help="run directories (several merge into one table)")
     report.add_argument("--out", help="output folder (default: the first run directory's report/)")
+    bench = sub.add_parser("bench", help="measure the training-step throughput of every method on a pair")
+    bench.add_argument("pair")
+    bench.add_argument("overrides", nargs="*", help="recipe keys, e.g. batch_size=64 device=cpu")
+    bench.add_argument("--steps", type=int, default=10, help="timed steps per round")
+    bench.add_argument("--rounds", type=int, default=5, help="interleaved rounds (the median is reported)")
+    bench.add_argument("--out", default="results/bench", help="output folder")
     teacher = sub.add_parser("teacher", help="train a pair's teacher, or report the one it has")
     teacher.add_argument("pair")
     teacher.add_argument("overrides", nargs="*", help="key=value overrides of the teacher recipe")
@@ -62,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             make_parser().print_help()
             return 0
-        handlers = {"run": cmd_run, "compare": cmd_compare, "teacher": cmd_teacher, "list": cmd_list, "report": cmd_report}
+        handlers = {"run": cmd_run, "compare": cmd_compare, "teacher": cmd_teacher, "list": cmd_list,
+                    "report": cmd_report, "bench": cmd_bench}
         return handlers[args.command](args)
     except KDError as err:
         if debug:
@@ -111,8 +118,16 @@ def cmd_run(args) -> int:
     con = console()
     with progress_bar(con) as progress:
         result = run_recipe(recipe, con, progress)
-    print_summary(con, result)
+    if is_main_process():
+        print_summary(con, result)
     return 0
+
+
+def is_main_process() -> bool:
+    """False on the torchrun ranks other than 0, which train but neither print nor write."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def command_line() -> str:
@@ -140,7 +155,8 @@ def cmd_compare(args) -> int:
             recipe.resume = str(unfinished)
     with progress_bar(con) as progress:
         result = run_recipe(recipe, con, progress)
-    write_report([result.run_dir], result.run_dir / "report", command_line(), con)
+    if is_main_process():
+        write_report([result.run_dir], result.run_dir / "report", command_line(), con)
     return 0
 
 
@@ -149,6 +165,23 @@ def cmd_report(args) -> int:
 
     out = Path(args.out) if args.out else Path(args.run_dirs[0]) / "report"
     write_report(args.run_dirs, out, command_line(), console())
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from kd.bench import METHODS, bench_pair, write_bench
+    from kd.recipe import recipe_from_mapping, apply_override
+
+    if args.steps < 1 or args.rounds < 1:
+        raise KDError("bench: --steps and --rounds must be at least 1")
+    data = {"pair": args.pair, "methods": METHODS, "batch_size": 64}
+    for text in args.overrides:
+        apply_override(data, text)
+    recipe = recipe_from_mapping(data, f"bench {args.pair}")
+    con = console()
+    result = bench_pair(recipe, args.steps, args.rounds, console=con)
+    path = write_bench(result, args.pair, Path(args.out), command_line())
+    con.print(path.read_text())
     return 0
 
 

@@ -48,6 +48,7 @@ class Recipe:
     channels_last: bool | None = field(default=None, metadata={"help": "channels_last memory format; null (auto): on, the faster layout on GPUs and on the CPU"})
     compile: bool = field(default=False, metadata={"help": "torch.compile student and teacher"})
     deterministic: bool = field(default=False, metadata={"help": "deterministic algorithms (slower)"})
+    sync_bn: bool = field(default=False, metadata={"help": "under torchrun: batch-norm statistics over all processes (GPUs only)"})
     shared_teacher: bool = field(default=True, metadata={"help": "train all students of a seed side by side, one teacher pass per batch"})
     resume: str | None = field(default=None, metadata={"help": "a run directory of this recipe to continue from its last checkpoints"})
     output_dir: str = field(default="runs", metadata={"help": "where run directories are made"})

@@ -15,7 +15,8 @@ from kd.data.base import ImageSet
 from kd.engine.checkpoint import load_weights
 from kd.engine.device import Hardware, resolve_hardware
 from kd.engine.rundir import new_run_dir
-from kd.engine.trainer import Member, Trainer, evaluate, make_optimizer
+from kd.engine.distributed import Distributed, barrier, broadcast, init_distributed, wrap
+from kd.engine.trainer import Member, Trainer, evaluate, make_optimizer, unwrap
 from kd.errors import KDError
 from kd.models import create_model
 from kd.recipe import Recipe, method_class
@@ -67,9 +68,12 @@ def compiled(model):
     return model
 
 
-def build_member(recipe: Recipe, method: str, seed: int, teacher, data, hw: Hardware, run_dir: Path) -> Member:
+def build_member(recipe: Recipe, method: str, seed: int, teacher, data, hw: Hardware, run_dir: Path,
+                 ctx: Distributed = Distributed()) -> Member:
     torch.manual_seed(seed)  # every method of a seed starts from the same student weights
     student = create_model(recipe.student, data.num_classes)
+    if recipe.sync_bn and ctx.active:
+        student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
     cls = method_class(method)
     options = recipe.method_options(method)
     student.to(hw.device, memory_format=hw.memory_format)
@@ -80,13 +84,14 @@ def build_member(recipe: Recipe, method: str, seed: int, teacher, data, hw: Hard
     optimizer, scheduler = make_optimizer(distiller, recipe)
     scaler = torch.amp.GradScaler(hw.device.type) if hw.use_scaler else None
     label = f"{method}-s{seed}"
-    (run_dir / label).mkdir(parents=True, exist_ok=True)
-    return Member(label, distiller, optimizer, scheduler, run_dir / label, scaler)
+    if ctx.is_main:
+        (run_dir / label).mkdir(parents=True, exist_ok=True)
+    return Member(label, wrap(distiller, hw, ctx, options), optimizer, scheduler, run_dir / label, scaler)
 
 
-def prepare(recipe: Recipe, console=None, progress=None):
+def prepare(recipe: Recipe, console=None, progress=None, ctx: Distributed = Distributed()):
     """Everything that can fail on bad input, done before any file is written."""
-    hw = resolve_hardware(recipe.device, recipe.precision, recipe.channels_last, recipe.deterministic)
+    hw = resolve_hardware(recipe.device, recipe.precision, recipe.channels_last, recipe.deterministic, ctx.local_rank)
     data = load_data(recipe.dataset, recipe.data_options(), recipe.data_root, recipe.download, recipe.subset_per_class)
     teacher = build_teacher(recipe, data.num_classes, hw, console, progress)
     for method in recipe.methods:  # a method that refuses the pair (e.g. CAM on a non-GAP head) says so now
@@ -98,11 +103,17 @@ def prepare(recipe: Recipe, console=None, progress=None):
 def run_recipe(recipe: Recipe, console=None, progress=None) -> RunResult:
     """Train every (method, seed) student of the recipe into a new run directory, or into
     `recipe.resume`, continuing each student from its last checkpoint."""
+    ctx = init_distributed(recipe.device)
+    if not ctx.is_main:
+        console = progress = None  # one voice: rank 0 prints and writes
     resume_dir = check_resume(recipe) if recipe.resume else None
-    hw, data, teacher = prepare(recipe, console, progress)
+    hw, data, teacher = prepare(recipe, console, progress, ctx)
     if resume_dir is None:
-        run_dir = new_run_dir(recipe.output_dir, recipe.name)
-        (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
+        run_dir = None
+        if ctx.is_main:
+            run_dir = new_run_dir(recipe.output_dir, recipe.name)
+            (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
+        run_dir = broadcast(run_dir)
     else:
         run_dir = resume_dir
     if console is not None:
@@ -110,7 +121,7 @@ def run_recipe(recipe: Recipe, console=None, progress=None) -> RunResult:
                       f"{len(data.train)} train / {len(data.test)} test images, {data.num_classes} classes)")
     teacher_top1 = None
     if teacher is not None:
-        _, test_loader = make_loaders(data, recipe, hw, seed=0)
+        _, test_loader = make_loaders(data, recipe, hw, 0, ctx.rank, ctx.world_size)
         teacher_top1 = evaluate(teacher, test_loader, hw)["test_top1"]
         if console is not None:
             console.print(f"teacher {recipe.teacher}: test top-1 {teacher_top1:.2f}%")
@@ -119,16 +130,19 @@ def run_recipe(recipe: Recipe, console=None, progress=None) -> RunResult:
     members_done = []
     for group in groups:
         seed = group[0][1]
-        train_loader, test_loader = make_loaders(data, recipe, hw, seed)
-        members = [build_member(recipe, m, s, teacher, data, hw, run_dir) for m, s in group]
+        train_loader, test_loader = make_loaders(data, recipe, hw, seed, ctx.rank, ctx.world_size)
+        members = [build_member(recipe, m, s, teacher, data, hw, run_dir, ctx) for m, s in group]
         for member in members:
             state = last_state(member.run_dir)
             if state is not None:
                 member.restore(state)
-        Trainer(members, teacher, train_loader, test_loader, recipe, hw, console=console).fit(progress=progress)
+        Trainer(members, teacher, train_loader, test_loader, recipe, hw, is_main=ctx.is_main,
+                console=console).fit(progress=progress)
         members_done += [(m, s, member) for (m, s), member in zip(group, members)]
     rows = [summary_row(m, s, member, teacher_top1) for m, s, member in members_done]
-    write_summary(run_dir / "summary.csv", rows)
+    if ctx.is_main:
+        write_summary(run_dir / "summary.csv", rows)
+    barrier()
     return RunResult(run_dir, teacher_top1, rows)
 
 
@@ -193,7 +207,7 @@ def summary_row(method: str, seed: int, member: Member, teacher_top1) -> dict:
     return {"method": method, "seed": seed, "epochs": len(history),
             "teacher_top1": teacher_top1, "last_top1": history[-1]["test_top1"],
             "best_top1": max(h["test_top1"] for h in history), "last_top5": history[-1]["test_top5"],
-            "extra_params": member.distiller.extra_parameter_count()}
+            "extra_params": unwrap(member.distiller).extra_parameter_count()}
 
 
 def write_summary(path: Path, rows: list[dict]) -> None:

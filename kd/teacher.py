@@ -20,7 +20,10 @@ def teacher_checkpoint(recipe, console=None, progress=None) -> Path:
         pair = get_pair(recipe.pair)
         if path.resolve() == pair.checkpoint_path.resolve():
             if pair.train_on_demand:
+                from kd.engine.distributed import barrier
+
                 train_teacher(pair, console=console, progress=progress)
+                barrier()  # under torchrun, rank 0 writes the checkpoint the others then read
                 return path
             raise KDError(f"teacher checkpoint {path} does not exist; make it with "
                           f"`python run_kd.py teacher {pair.name}` (or put a published checkpoint there)")
@@ -38,6 +41,10 @@ def train_teacher(pair: Pair, overrides: list[str] = (), console=None, progress=
     say = console.print if console is not None else print
     say(f"training the teacher of pair '{pair.name}' ({pair.teacher}) with {pair.teacher_recipe}")
     result = run_recipe(recipe, console, progress)
+    from kd.engine.distributed import init_distributed
+
+    if not init_distributed(recipe.device).is_main:
+        return pair.checkpoint_path
     seed = recipe.seeds[0]
     last = result.run_dir / f"vanilla-s{seed}" / "checkpoints" / "last.pt"
     state = read_checkpoint(last)

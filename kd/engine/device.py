@@ -30,9 +30,11 @@ class Hardware:
         return f"{self.device} {precision}{' channels_last' if self.channels_last else ''}"
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and local_rank:
+        name = f"cuda:{local_rank}"  # one GPU per torchrun process
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -56,8 +58,8 @@ def set_determinism(deterministic: bool, device: torch.device) -> None:
 
 
 def resolve_hardware(device_name: str, precision: str, channels_last: bool | None,
-                     deterministic: bool = False) -> Hardware:
-    device = resolve_device(device_name)
+                     deterministic: bool = False, local_rank: int = 0) -> Hardware:
+    device = resolve_device(device_name, local_rank)
     set_determinism(deterministic, device)
     cuda = device.type == "cuda"
     if precision == "auto":

@@ -159,6 +159,22 @@ def teacher_pass(teacher: nn.Module, images: torch.Tensor, hw: Hardware) -> Feat
                     None if out.pre_pool is None else out.pre_pool.clone(), out.classifier)
 
 
+def train_step(m: Member, hw: Hardware, images, targets, t_out: Features | None, epoch: int):
+    """One optimiser step of one student: forward through its distiller, sum the terms, backward, step."""
+    with hw.autocast():
+        logits, losses = m.distiller(images, targets, t_out, epoch)
+    loss = sum(losses.values())
+    m.optimizer.zero_grad(set_to_none=True)
+    if m.scaler is not None:
+        m.scaler.scale(loss).backward()
+        m.scaler.step(m.optimizer)
+        m.scaler.update()
+    else:
+        loss.backward()
+        m.optimizer.step()
+    return logits, losses
+
+
 class Trainer:
     """Trains a group of students over one stream of batches."""
 
@@ -224,18 +240,7 @@ class Trainer:
         return results
 
     def step(self, m: Member, images, targets, t_out, epoch):
-        with self.hw.autocast():
-            logits, losses = m.distiller(images, targets, t_out, epoch)
-        loss = sum(losses.values())
-        m.optimizer.zero_grad(set_to_none=True)
-        if m.scaler is not None:
-            m.scaler.scale(loss).backward()
-            m.scaler.step(m.optimizer)
-            m.scaler.update()
-        else:
-            loss.backward()
-            m.optimizer.step()
-        return logits, losses
+        return train_step(m, self.hw, images, targets, t_out, epoch)
 
     def fit(self, progress=None):
         """Train every member to the recipe's last epoch; members restored from a checkpoint start
