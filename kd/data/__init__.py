@@ -68,6 +68,6 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
-from kd.data import folder, shapes_set, torchvision_sets  # noqa: E402,F401  (registration, after the helpers it uses)
+from kd.data import folder, shapes_set, synthetic, torchvision_sets  # noqa: E402,F401  (registration, after the helpers it uses)
 
 __all__ = ["DATASETS", "DataBundle", "ImageSet", "load_data", "balanced_subset", "channel_stats"]
