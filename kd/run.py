@@ -58,13 +58,13 @@ def build_teacher(recipe: Recipe, num_classes: int, hw: Hardware, console=None, 
     teacher = create_model(recipe.teacher, num_classes)
     load_weights(teacher, path, "teacher", recipe.teacher, num_classes)
     teacher.to(hw.device, memory_format=hw.memory_format).eval().requires_grad_(False)
-    return compiled(teacher) if recipe.compile else teacher
+    return compiled(teacher, recipe.compile_mode) if recipe.compile else teacher
 
 
-def compiled(model):
+def compiled(model, mode: str = "default"):
     """torch.compile the two entry points the trainer uses; the module (and its state dict) stays the same."""
-    model.forward = torch.compile(model.forward)
-    model.forward_features = torch.compile(model.forward_features)
+    model.forward = torch.compile(model.forward, mode=mode)
+    model.forward_features = torch.compile(model.forward_features, mode=mode)
     return model
 
 
@@ -78,7 +78,7 @@ def build_member(recipe: Recipe, method: str, seed: int, teacher, data, hw: Hard
     options = recipe.method_options(method)
     student.to(hw.device, memory_format=hw.memory_format)
     if recipe.compile:
-        compiled(student)
+        compiled(student, recipe.compile_mode)
     distiller = cls(student, teacher if cls.needs_teacher else None, options, (3, *data.image_size))
     distiller.to(hw.device, memory_format=hw.memory_format)
     optimizer, scheduler = make_optimizer(distiller, recipe)

@@ -109,7 +109,8 @@ class LossNotFinite(KDError):
 
 def make_optimizer(distiller: Distiller, recipe):
     # No weight decay exemption for BN/bias: the benchmark recipes decay every parameter.
-    optimizer = torch.optim.SGD(distiller.trainable_parameters(), lr=recipe.lr, momentum=recipe.momentum,
+    lr = recipe.lr * recipe.batch_size / recipe.lr_batch if recipe.lr_batch else recipe.lr  # linear scaling rule
+    optimizer = torch.optim.SGD(distiller.trainable_parameters(), lr=lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay, nesterov=recipe.nesterov and recipe.momentum > 0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(
         e, recipe.epochs, recipe.schedule, recipe.milestones, recipe.gamma, recipe.warmup_epochs))
@@ -237,6 +238,8 @@ class Trainer:
             own = member_seconds[i] + (teacher_seconds if m.needs_teacher else 0.0) if timing else elapsed
             results[m.label] = {"loss": sum(terms.values()), **{f"loss_{k}": v for k, v in terms.items()},
                                 "train_top1": top1, "images_per_s": count / max(own, 1e-9), "seconds": own}
+            if hw.device.type == "cuda":  # peak memory of the process so far (all students of the group)
+                results[m.label]["gpu_mem_mb"] = torch.cuda.max_memory_allocated(hw.device) / 2**20
         return results
 
     def step(self, m: Member, images, targets, t_out, epoch):
