@@ -39,6 +39,7 @@ def make_parser() -> ArgumentParser:
     report = sub.add_parser("report", help="rebuild tables and plots from run directories, without training")
     report.add_argument("run_dirs", nargs="+", help="run directories (several merge into one table)")
     report.add_argument("--out", help="output folder (default: the first run directory's report/)")
+    report.add_argument("--published", action="store_true", help="also set the runs beside the published CIFAR-100 numbers")
     bench = sub.add_parser("bench", help="measure the training-step throughput of every method on a pair")
     bench.add_argument("pair")
     bench.add_argument("overrides", nargs="*", help="recipe keys, e.g. batch_size=64 device=cpu")
@@ -164,7 +165,7 @@ def cmd_report(args) -> int:
     from kd.report.write import write_report
 
     out = Path(args.out) if args.out else Path(args.run_dirs[0]) / "report"
-    write_report(args.run_dirs, out, command_line(), console())
+    write_report(args.run_dirs, out, command_line(), console(), published=args.published)
     return 0
 
 

@@ -43,6 +43,7 @@ def load_metrics(run_dirs) -> pd.DataFrame:
             frame.insert(2, "run", str(run_dir))
             frame["student"] = recipe.get("student")
             frame["teacher"] = recipe.get("teacher")
+            frame["dataset"] = recipe.get("dataset")
             if summary is not None:
                 match = summary[(summary["method"] == label) & (summary["seed"] == int(seed))]
                 if len(match):

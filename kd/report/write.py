@@ -10,7 +10,8 @@ from kd.report.plots import plot_curves
 from kd.report.tables import display_table, load_metrics, method_table, to_markdown
 
 
-def write_report(run_dirs, out_dir: Path, command: str, console=None, pictures: bool = True) -> pd.DataFrame:
+def write_report(run_dirs, out_dir: Path, command: str, console=None, pictures: bool = True,
+                 published: bool = False) -> pd.DataFrame:
     """Rebuild the tables and plots of `run_dirs` into `out_dir` from their saved metrics and checkpoints."""
     from kd.report.cams import localisation_columns, plot_cams
 
@@ -49,7 +50,30 @@ def write_report(run_dirs, out_dir: Path, command: str, console=None, pictures: 
                 console.print(f"[yellow]cams.png skipped:[/] {err}")
     if console is not None:
         print_table(console, display, f"{title}  ({out_dir / 'table.md'})")
+    if published:
+        write_beside_published(table, first, out_dir, command, console)
     return table
+
+
+def write_beside_published(table: pd.DataFrame, first, out_dir: Path, command: str, console=None) -> None:
+    from kd.report.published import beside_published
+
+    if first.get("dataset") != "cifar100":
+        if console is not None:
+            console.print(f"published numbers are for CIFAR-100; this run used {first.get('dataset')}, so none are set beside it")
+        return
+    beside = beside_published(table, first.get("teacher"), first["student"])
+    if beside is None:
+        if console is not None:
+            console.print(f"no published CIFAR-100 numbers for {first.get('teacher')} -> {first['student']}")
+        return
+    shown = beside.assign(**{"published top-1": beside["published top-1"].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}")})
+    text = (f"# Ours beside the published CIFAR-100 numbers: {first.get('teacher')} -> {first['student']}\n\n"
+            f"Made by `{command}`. Ours: last-epoch test top-1 (%), mean ± std over seeds. Published: as listed in "
+            f"results/published.md (CRD benchmark README; DKD README for dkd), not ours.\n\n{to_markdown(shown)}\n")
+    (out_dir / "published.md").write_text(text)
+    if console is not None:
+        print_table(console, shown, f"ours beside published  ({out_dir / 'published.md'})")
 
 
 def print_table(console, display: pd.DataFrame, title: str) -> None:
