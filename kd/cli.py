@@ -238,7 +238,7 @@ def cmd_list(args) -> int:
         for name in DISTILLERS.names():
             cls = DISTILLERS.get(name)
             options = ", ".join(f"{n}={d}" for n, _, d, _ in describe(cls.Options))
-            doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+            doc = " ".join((cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().split("\n\n")[0].split())
             con.print(f"[bold]distiller[/] {name}: {doc}  ({options})")
     if what in ("all", "pairs"):
         table = Table(title="pairs (teachers/pairs.yaml)")

@@ -31,6 +31,14 @@ def batch(n=4, classes=10, size=32):
     return torch.randn(n, 3, size, size), torch.randint(0, classes, (n,))
 
 
+def test_defaults_are_the_ablation_results():
+    from kd.distillers.ccm_kd import CCMKDOptions
+
+    assert (DISTILLERS.get("ccm").Options().normalise, DISTILLERS.get("ccm").Options().cam_weight) == ("l2", 10.0)
+    assert (CCMKDOptions().normalise, CCMKDOptions().cam_weight) == ("l2", 10.0)
+    assert (DISTILLERS.get("cam_loss").Options().normalise, DISTILLERS.get("cam_loss").Options().cam_weight) == ("minmax", 0.05)
+
+
 def test_cam_loss_value_matches_a_hand_computation():
     distiller, _ = make("cam_loss", cam_weight=2.0)
     images, targets = batch()
@@ -78,15 +86,16 @@ def test_detaching_the_whole_target_stops_gradient_through_the_cam_branch():
 
 
 def test_ccm_value_teacher_gets_no_gradient_and_adds_no_parameters():
-    distiller, teacher = make("ccm", cam_weight=3.0)
     images, targets = batch()
-    t_out = teacher_features(teacher, images)
-    logits, losses = distiller(images, targets, t_out)
-    assert set(losses) == {"ce", "cam"}
-    s_out = distiller.student.forward_features(images)
-    t_cam = cam(t_out.pre_pool, teacher.fc.weight, targets)  # both 8x8: no resize
-    expected = (normalise(caam(s_out.pre_pool)) - normalise(t_cam)).abs().mean()
-    assert losses["cam"].item() == pytest.approx(3.0 * expected.item(), rel=1e-5)
+    for kind in ("minmax", "l2"):
+        distiller, teacher = make("ccm", cam_weight=3.0, normalise=kind)
+        t_out = teacher_features(teacher, images)
+        logits, losses = distiller(images, targets, t_out)
+        assert set(losses) == {"ce", "cam"}
+        s_out = distiller.student.forward_features(images)
+        t_cam = cam(t_out.pre_pool, teacher.fc.weight, targets)  # both 8x8: no resize
+        expected = (normalise(caam(s_out.pre_pool), kind) - normalise(t_cam, kind)).abs().mean()
+        assert losses["cam"].item() == pytest.approx(3.0 * expected.item(), rel=1e-5)
     sum(losses.values()).backward()
     assert all(p.grad is None for p in teacher.parameters())
     assert distiller.student.fc.weight.grad is not None
