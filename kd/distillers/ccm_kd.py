@@ -6,18 +6,17 @@ KD's defaults (T 4, ce_weight 0.1, kd_weight 0.9) and CCM's options; see kd/dist
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from kd.distillers.base import DISTILLERS
 from kd.distillers.ccm import CamMatching, CCMOptions
-from kd.distillers.kd import kd_loss
+from kd.distillers.kd import KDOptions, kd_loss
 
 
 @dataclass
-class CCMKDOptions(CCMOptions):
-    ce_weight: float = field(default=0.1, metadata={"min": 0, "help": "weight of the cross-entropy term"})
-    kd_weight: float = field(default=0.9, metadata={"min": 0, "help": "weight of the soft-target KL term"})
-    T: float = field(default=4.0, metadata={"gt": 0, "help": "softmax temperature"})
+class CCMKDOptions(KDOptions, CCMOptions):
+    """KD's options (ce_weight 0.1, kd_weight 0.9, T 4) and CCM's, together. KDOptions comes first so that its
+    ce_weight default wins over the one CCMOptions inherits from BaseOptions."""
 
 
 @DISTILLERS.register("ccm_kd")

@@ -10,8 +10,11 @@ from torch import nn
 from kd.errors import KDError
 
 
-def save_atomic(obj, path: str | Path) -> None:
-    """Write to a temporary file, flush and fsync it, then rename: a crash never leaves half a file."""
+def save_atomic(obj, path: str | Path, keep_previous: bool = False) -> None:
+    """Write to a temporary file, flush and fsync it, then rename: a crash never leaves half a file.
+
+    keep_previous: the file being replaced stays as <name>.prev, so that if the new one is ever found
+    corrupt, the last good one is still there."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -19,21 +22,7 @@ def save_atomic(obj, path: str | Path) -> None:
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def save_rotating(obj, path: str | Path) -> None:
-    """Atomic save that keeps the previous file as <name>.prev: if the new one is ever found corrupt,
-    the last good one is still there."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    if path.exists():
+    if keep_previous and path.exists():
         os.replace(path, previous(path))
     os.replace(tmp, path)
     _fsync_dir(path.parent)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from kd.distillers.base import Distiller
-from kd.engine.checkpoint import save_atomic, save_rotating
+from kd.engine.checkpoint import save_atomic
 from kd.engine.device import Hardware
 from kd.engine.rundir import MetricsFile
 from kd.errors import KDError
@@ -285,7 +285,8 @@ class Trainer:
             save_atomic({"model": student.state_dict(), "arch": getattr(student, "arch_name", None),
                          "epoch": epoch, "test_top1": row["test_top1"]}, m.run_dir / "checkpoints" / "best.pt")
         if epoch % self.recipe.checkpoint_every == 0 or epoch == self.recipe.epochs:
-            save_rotating({**m.state(), "test_top1": row["test_top1"]}, m.run_dir / "checkpoints" / "last.pt")
+            save_atomic({**m.state(), "test_top1": row["test_top1"]}, m.run_dir / "checkpoints" / "last.pt",
+                        keep_previous=True)
         m.metrics.append(row)
 
 

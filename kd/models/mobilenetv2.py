@@ -13,6 +13,7 @@ from torch import nn
 
 from kd.models import MODELS
 from kd.models.features import FeatureModel
+from kd.models.init import benchmark_init
 
 # (expansion, channels at width 1, blocks, stride of the first block); expansion None -> T.
 _STAGES = [(1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2), (None, 96, 3, 1), (None, 160, 3, 2), (None, 320, 1, 1)]
@@ -65,15 +66,7 @@ class MobileNetV2(FeatureModel):
         self.conv2 = nn.Sequential(*_conv_bn(cin, last, 1))
         self.classifier = nn.Sequential(nn.Linear(last, num_classes))
         # The benchmark's initialisation: He normal (fan_out) convs, identity BN, Linear N(0, 0.01).
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        benchmark_init(self, linear="normal")
 
     def body(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         x = self.conv1(x)

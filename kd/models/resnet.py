@@ -11,6 +11,7 @@ from torch import nn
 
 from kd.models import MODELS
 from kd.models.features import FeatureModel
+from kd.models.init import benchmark_init
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -62,12 +63,7 @@ class CifarResNet(FeatureModel):
         self.fc = nn.Linear(widths[3], num_classes)
         # The benchmark's initialisation (He normal, fan_out; BN as identity), kept so that
         # training from scratch reproduces its teachers; Linear keeps PyTorch's default.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        benchmark_init(self)
 
     def body(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         x = self.relu(self.bn1(self.conv1(x)))

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from kd.models import MODELS
 from kd.models.features import FeatureModel
+from kd.models.init import benchmark_init
 
 
 class Bottleneck(nn.Module):
@@ -59,12 +60,7 @@ class BottleneckResNet(FeatureModel):
         self.layer1, self.layer2, self.layer3, self.layer4 = groups
         self.linear = nn.Linear(cin, num_classes)
         # The benchmark's initialisation: He normal (fan_out) convs, identity BN, default Linear.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        benchmark_init(self)
 
     def body(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         x = F.relu(self.bn1(self.conv1(x)))

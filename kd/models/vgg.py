@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from kd.models import MODELS
 from kd.models.features import FeatureModel
+from kd.models.init import benchmark_init
 
 # Conv widths per block; vgg8 is the benchmark's shallow "S" configuration.
 _CONFIGS = {
@@ -45,16 +46,7 @@ class VGG(FeatureModel):
         self.classifier = nn.Linear(config[-1][-1], num_classes)
         # The benchmark's initialisation: He normal (fan_out) convs with zero bias, identity BN,
         # Linear N(0, 0.01) with zero bias.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        benchmark_init(self, linear="normal")
 
     def body(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         x = F.relu(self.block0(x))

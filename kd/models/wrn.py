@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from kd.models import MODELS
 from kd.models.features import FeatureModel
+from kd.models.init import benchmark_init
 
 
 class PreActBlock(nn.Module):
@@ -61,14 +62,7 @@ class WideResNet(FeatureModel):
         self.bn1 = nn.BatchNorm2d(w[3])  # pre-activation nets need one last BN+ReLU before the head
         self.fc = nn.Linear(w[3], num_classes)
         # The benchmark's initialisation: He normal (fan_out) convs, identity BN, zero Linear bias.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        benchmark_init(self, linear="zero_bias")
 
     def body(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         x = self.conv1(x)

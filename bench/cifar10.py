@@ -1,0 +1,85 @@
+#!/usr/bin/env python
+"""The CIFAR-10 comparison on the CPU, from the archive to results/cifar10/.
+
+    python bench/cifar10.py [--archive ../shared/data/cifar10-jpeg.tar.gz]
+
+1. unpacks the CIFAR-10 JPEG archive (sha256 checked) into ~/.cache/kd/cifar10-jpeg, outside the repository;
+2. trains the teacher (recipes/cifar10/teacher.yaml) unless teachers/checkpoints/cifar10/resnet56.pt is there,
+   and writes that checkpoint's sha256 beside it;
+3. runs `python run_kd.py compare recipes/cifar10/students.yaml` and copies its report (table, curves, CAMs)
+   into results/cifar10/, with the wall times in results/cifar10/timing.md.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCHIVE_SHA256 = "58c58e3af3ec7ed2054f439f35ad3c83dc1ab019f4af6037f60612ea098c8fa1"
+CACHE = Path.home() / ".cache" / "kd" / "cifar10-jpeg"
+TEACHER = ROOT / "teachers" / "checkpoints" / "cifar10" / "resnet56.pt"
+OUT = ROOT / "results" / "cifar10"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def unpack(archive: Path) -> None:
+    if (CACHE / "train").is_dir() and (CACHE / "test").is_dir():
+        return
+    if sha256(archive) != ARCHIVE_SHA256:
+        sys.exit(f"error: {archive} does not have the expected sha256 {ARCHIVE_SHA256}; get a fresh copy")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(CACHE, filter="data")
+
+
+def kd(*args: str) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(ROOT / "run_kd.py"), *args], cwd=ROOT, check=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--archive", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"))
+    args = parser.parse_args()
+    unpack(Path(args.archive))
+    teacher_s = None
+    if not TEACHER.exists():
+        teacher_s = kd("teacher", "cifar10-resnet56-resnet20")
+    (TEACHER.parent / "resnet56.pt.sha256").write_text(f"{sha256(TEACHER)}  resnet56.pt\n")
+    out = Path(os.environ.get("KD_RUNS", ROOT / "runs"))
+    compare_s = kd("compare", "recipes/cifar10/students.yaml", f"output_dir={out}")
+    run = max(out.glob("cifar10-resnet56-resnet20-*"), key=lambda p: p.stat().st_mtime)
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name in ("table.md", "table.csv", "curves.png", "cams.png"):
+        if (run / "report" / name).exists():
+            shutil.copy(run / "report" / name, OUT / name)
+    import torch
+
+    lines = ["# CIFAR-10 comparison timing", "", f"Made by `python bench/cifar10.py` on {time.strftime('%Y-%m-%d')}: "
+             f"{os.cpu_count()} CPU cores, torch {torch.__version__}, no GPU.", ""]
+    if teacher_s is not None:
+        lines.append(f"- teacher (recipes/cifar10/teacher.yaml): {teacher_s / 60:.1f} min")
+    lines.append(f"- comparison (recipes/cifar10/students.yaml, 7 methods x 3 seeds): {compare_s / 60:.1f} min")
+    lines.append(f"- teacher checkpoint sha256: {sha256(TEACHER)}")
+    (OUT / "timing.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
