@@ -37,3 +37,30 @@ def test_two_processes_match_one_process_and_write_the_run_once(tmp_path):
             assert abs(float(rb["test_top1"]) - float(ra["test_top1"])) <= 10.0
             assert abs(float(rb["train_top1"]) - float(ra["train_top1"])) <= 10.0
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_with_the_message(tmp_path):
+    (tmp_path / "rank_one_explodes.py").write_text('''
+import torch
+import torch.distributed as dist
+from kd.distillers import DISTILLERS, Distiller
+
+
+@DISTILLERS.register("rank_one_explodes")
+class RankOneExplodes(Distiller):
+    needs_teacher = False
+
+    def forward(self, images, targets, teacher=None, epoch=0):
+        logits = self.student(images)
+        self.steps = getattr(self, "steps", 0) + 1
+        bad = dist.get_rank() == 1 and self.steps == 3
+        return logits, {"ce": self.ce(logits, targets), "boom": torch.tensor(float("nan") if bad else 0.0)}
+''')
+    recipe = small_recipe(tmp_path, methods="[rank_one_explodes]", extra="imports: [rank_one_explodes.py]\n")
+    result = torchrun(str(recipe), "epochs=2", "batch_size=16", timeout=300)
+    message = ("error: rank_one_explodes-s0: loss term 'boom' became NaN or infinite at epoch 1, step 3; "
+               "the run stopped")
+    # Both ranks stop at the same step and say why; neither is left waiting for the other.
+    assert result.stderr.count(message) == 2, result.stderr[-3000:]
+    # torchrun's own failure report lists each rank's exit code: both ranks ended through the error path.
+    assert result.returncode != 0 and result.stderr.count("exitcode  : 2") == 2

@@ -306,9 +306,20 @@ class NonFiniteGuard:
         self.names = list(losses)
 
     def check(self, label: str, epoch: int) -> None:
-        step = int(self.bad_step.item())
+        bad_step, bad_terms = self.bad_step, self.bad_terms
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Every rank must stop at the same check, or the others would wait for it at the next collective:
+            # agree on the earliest bad step of any rank and on the union of the bad terms.
+            never = torch.iinfo(torch.long).max
+            bad_step = torch.where(bad_step < 0, torch.full_like(bad_step, never), bad_step)
+            torch.distributed.all_reduce(bad_step, op=torch.distributed.ReduceOp.MIN)
+            bad_step = torch.where(bad_step == never, torch.full_like(bad_step, -1), bad_step)
+            if bad_terms is not None:
+                bad_terms = bad_terms.to(torch.long)
+                torch.distributed.all_reduce(bad_terms, op=torch.distributed.ReduceOp.MAX)
+        step = int(bad_step.item())
         if step >= 0:
-            terms = [n for n, bad in zip(self.names, self.bad_terms.tolist()) if bad]
+            terms = [n for n, bad in zip(self.names, bad_terms.tolist()) if bad]
             raise LossNotFinite(
                 f"{label}: loss term {', '.join(repr(t) for t in terms)} became NaN or infinite at epoch {epoch + 1}, "
                 f"step {step + 1}; the run stopped and its last good checkpoint is kept; lower the learning rate "
