@@ -147,7 +147,8 @@ def plot_cams(run_dir: Path, path: Path, count: int = 6) -> Path | None:
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"CAMs of the true class ({run.recipe.teacher} -> {run.recipe.student}); white: object box", fontsize=9)
+    legend = "; white: object box" if test.boxes is not None else ""
+    fig.suptitle(f"CAMs of the true class ({run.recipe.teacher} -> {run.recipe.student}){legend}", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
