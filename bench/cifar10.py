@@ -53,6 +53,13 @@ def kd(*args: str) -> float:
     return time.perf_counter() - start
 
 
+def train_minutes(run: Path) -> float:
+    """Training time summed from every student's metrics.csv (eval excluded), whole even if the run was resumed."""
+    import pandas as pd
+
+    return sum(pd.read_csv(f)["seconds"].sum() for f in run.glob("*/metrics.csv")) / 60
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--archive", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"))
@@ -63,7 +70,7 @@ def main() -> None:
         teacher_s = kd("teacher", "cifar10-resnet56-resnet20")
     (TEACHER.parent / "resnet56.pt.sha256").write_text(f"{sha256(TEACHER)}  resnet56.pt\n")
     out = Path(os.environ.get("KD_RUNS", ROOT / "runs"))
-    compare_s = kd("compare", "recipes/cifar10/students.yaml", f"output_dir={out}")
+    compare_s = kd("compare", "recipes/cifar10/students.yaml", f"output_dir={os.path.relpath(out, ROOT)}")
     run = max(out.glob("cifar10-resnet56-resnet20-*"), key=lambda p: p.stat().st_mtime)
     OUT.mkdir(parents=True, exist_ok=True)
     for name in ("table.md", "table.csv", "curves.png", "cams.png"):
@@ -75,7 +82,13 @@ def main() -> None:
              f"{os.cpu_count()} CPU cores, torch {torch.__version__}, no GPU.", ""]
     if teacher_s is not None:
         lines.append(f"- teacher (recipes/cifar10/teacher.yaml): {teacher_s / 60:.1f} min")
-    lines.append(f"- comparison (recipes/cifar10/students.yaml, 7 methods x 3 seeds): {compare_s / 60:.1f} min")
+    lines.append(f"- comparison (recipes/cifar10/students.yaml, 7 methods x 3 seeds): {compare_s / 60:.1f} min wall "
+                 f"in this call ({run.name}; less if it resumed an interrupted run)")
+    lines.append(f"- training time summed over the students' epochs (evaluation excluded): {train_minutes(run):.1f} min")
+    teachers = sorted(out.glob("cifar10-teacher-resnet56-*"), key=lambda p: p.stat().st_mtime)
+    if teachers:
+        lines.append(f"- teacher training time summed over its epochs ({teachers[-1].name}): "
+                     f"{train_minutes(teachers[-1]):.1f} min")
     lines.append(f"- teacher checkpoint sha256: {sha256(TEACHER)}")
     (OUT / "timing.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
