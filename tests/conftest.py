@@ -34,3 +34,26 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subproce
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
     return subprocess.run([sys.executable, str(ROOT / "run_kd.py"), *args], cwd=cwd or ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def write_exploding_distiller(folder: Path, name: str, nan_when: str) -> Path:
+    """A distiller module (for a recipe's `imports:`) whose extra loss term 'boom' is NaN when the Python
+    expression `nan_when` holds; it sees `epoch`, `steps` (this distiller's forward calls so far) and `dist`."""
+    path = folder / f"{name}.py"
+    path.write_text(f"""
+import torch
+import torch.distributed as dist
+from kd.distillers import DISTILLERS, Distiller
+
+
+@DISTILLERS.register("{name}")
+class Exploding(Distiller):
+    needs_teacher = False
+
+    def forward(self, images, targets, teacher=None, epoch=0):
+        logits = self.student(images)
+        self.steps = steps = getattr(self, "steps", 0) + 1
+        boom = torch.tensor(float("nan") if {nan_when} else 0.0)
+        return logits, {{"ce": self.ce(logits, targets), "boom": boom}}
+""")
+    return path

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, write_exploding_distiller
 from test_cli_run import small_recipe
 
 
@@ -40,22 +40,7 @@ def test_two_processes_match_one_process_and_write_the_run_once(tmp_path):
 
 
 def test_a_non_finite_loss_on_one_rank_stops_every_rank_with_the_message(tmp_path):
-    (tmp_path / "rank_one_explodes.py").write_text('''
-import torch
-import torch.distributed as dist
-from kd.distillers import DISTILLERS, Distiller
-
-
-@DISTILLERS.register("rank_one_explodes")
-class RankOneExplodes(Distiller):
-    needs_teacher = False
-
-    def forward(self, images, targets, teacher=None, epoch=0):
-        logits = self.student(images)
-        self.steps = getattr(self, "steps", 0) + 1
-        bad = dist.get_rank() == 1 and self.steps == 3
-        return logits, {"ce": self.ce(logits, targets), "boom": torch.tensor(float("nan") if bad else 0.0)}
-''')
+    write_exploding_distiller(tmp_path, "rank_one_explodes", nan_when="dist.get_rank() == 1 and steps == 3")
     recipe = small_recipe(tmp_path, methods="[rank_one_explodes]", extra="imports: [rank_one_explodes.py]\n")
     result = torchrun(str(recipe), "epochs=2", "batch_size=16", timeout=300)
     message = ("error: rank_one_explodes-s0: loss term 'boom' became NaN or infinite at epoch 1, step 3; "

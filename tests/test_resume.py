@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, write_exploding_distiller
 from test_cli_run import small_recipe
 
 TIMING = {"images_per_s", "seconds"}
@@ -87,21 +87,7 @@ def test_same_recipe_twice_makes_two_run_directories_and_a_bad_resume_is_refused
 
 
 def test_a_non_finite_loss_stops_the_run_naming_term_epoch_and_step(tmp_path):
-    (tmp_path / "exploding.py").write_text('''
-import torch
-from kd.distillers import DISTILLERS, Distiller
-
-
-@DISTILLERS.register("exploding")
-class Exploding(Distiller):
-    needs_teacher = False
-
-    def forward(self, images, targets, teacher=None, epoch=0):
-        logits = self.student(images)
-        self.steps = getattr(self, "steps", 0) + 1
-        boom = torch.tensor(float("nan")) if epoch == 1 and self.steps > 6 else torch.tensor(0.0)
-        return logits, {"ce": self.ce(logits, targets), "boom": boom}
-''')
+    write_exploding_distiller(tmp_path, "exploding", nan_when="epoch == 1 and steps > 6")
     recipe = small_recipe(tmp_path, methods="[exploding]", extra="imports: [exploding.py]\n")
     result = run_cli(str(recipe), "epochs=3")  # 64 images / batch 16: 4 steps an epoch, NaN at epoch 2 step 3
     assert result.returncode == 2
