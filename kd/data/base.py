@@ -22,6 +22,13 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.images.shape[-2:])
+
+    def images_at(self, index) -> torch.Tensor:
+        return self.images[index]
+
     def subset(self, index: torch.Tensor) -> "ImageSet":
         boxes = None if self.boxes is None else self.boxes[index]
         return ImageSet(self.images[index], self.labels[index], self.classes, boxes)
@@ -32,7 +39,7 @@ class DataBundle:
     """Train and test splits plus what the loader needs to augment and normalise them."""
 
     name: str
-    train: ImageSet
+    train: ImageSet  # or a streamed set (kd.data.streaming.FileSet) with the same interface but no .images
     test: ImageSet
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -46,4 +53,4 @@ class DataBundle:
 
     @property
     def image_size(self) -> tuple[int, int]:
-        return tuple(self.train.images.shape[-2:])
+        return self.train.image_size

@@ -2,21 +2,29 @@
 
 Workers return uint8 tensors; normalisation happens on the device, as for in-memory sets, so the
 host-to-device copy moves a quarter of the bytes float32 would.
+
+As for in-memory sets, the order and the augmentation of epoch e depend only on (seed, e): the sampler
+draws each epoch's order from a generator seeded with them and hands every image its own augmentation
+seed, so a resumed run sees exactly the images an uninterrupted one would, whatever the number of workers.
 """
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from kd.data.loader import epoch_generator
 
 
 class FileSet(Dataset):
     """(path, label) samples with the standard ImageNet train / eval transforms, as uint8 tensors."""
 
+    boxes = None  # no object boxes: no CAM localisation scores
+
     def __init__(self, samples, classes, image_size: int, train: bool):
         from torchvision.transforms import v2
 
-        self.samples, self.classes = samples, classes
-        self.labels = torch.tensor([label for _, label in samples])
+        self.samples, self.classes, self.side, self.train = samples, classes, image_size, train
+        self.labels = torch.tensor([label for _, label in samples], dtype=torch.long)
         if train:
             self.transform = v2.Compose([v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()])
         else:
@@ -26,11 +34,64 @@ class FileSet(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i):
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.side, self.side
+
+    def subset(self, index: torch.Tensor) -> "FileSet":
+        return FileSet([self.samples[i] for i in index.tolist()], self.classes, self.side, self.train)
+
+    def images_at(self, index) -> torch.Tensor:
+        """uint8 images (N, 3, H, W) of the given indices, through this split's transform."""
+        return torch.stack([self[(i, 0) if self.train else i][0] for i in torch.as_tensor(index).tolist()])
+
+    def __getitem__(self, key):
+        """key: an index, or (index, augmentation seed) from EpochSampler."""
         from kd.data.folder import read_rgb
 
+        i, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[i]
-        return self.transform(read_rgb(path)), label
+        image = read_rgb(path)
+        if seed is None:
+            return self.transform(image), label
+        with torch.random.fork_rng(devices=[]):  # the transforms draw from the global RNG; leave it as it was
+            torch.manual_seed(seed)
+            return self.transform(image), label
+
+
+class EpochSampler(Sampler):
+    """One rank's share of the data set in an order, with per-image augmentation seeds, fixed by (seed, epoch).
+
+    Shuffled training sets drop the last n % world_size images so every rank gets as many; evaluation keeps
+    them all, ranks taking every world_size-th image (padding with the first ones when the count is uneven).
+    """
+
+    def __init__(self, size: int, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1):
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.rank, self.world_size, self.epoch = rank, world_size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> torch.Tensor:
+        if not self.shuffle:
+            order = torch.arange(self.size)
+            short = -self.size % self.world_size
+            return torch.cat([order, order[:short]])
+        order = torch.randperm(self.size, generator=epoch_generator(self.seed, self.epoch))
+        return order[: self.size - self.size % self.world_size]
+
+    def __len__(self) -> int:
+        return len(self._order()) // self.world_size
+
+    def __iter__(self):
+        order = self._order()
+        mine = order[self.rank::self.world_size].tolist()
+        if not self.shuffle:
+            return iter(mine)
+        generator = epoch_generator(self.seed + 1, self.epoch)  # a stream apart from the order's
+        seeds = torch.randint(0, 2**62, (len(order),), generator=generator)[self.rank::self.world_size].tolist()
+        return iter(zip(mine, seeds))
 
 
 class StreamLoader:
@@ -38,15 +99,10 @@ class StreamLoader:
 
     def __init__(self, data: FileSet, batch_size: int, mean, std, device: torch.device, train: bool,
                  workers: int = 8, seed: int = 0, rank: int = 0, world_size: int = 1, channels_last: bool = False):
-        self.sampler = None
-        if world_size > 1:
-            from torch.utils.data.distributed import DistributedSampler
-
-            self.sampler = DistributedSampler(data, world_size, rank, shuffle=train, seed=seed, drop_last=train)
-        generator = torch.Generator().manual_seed(seed)
-        self.loader = DataLoader(data, batch_size=batch_size, shuffle=train and self.sampler is None,
-                                 sampler=self.sampler, num_workers=workers, pin_memory=device.type == "cuda",
-                                 persistent_workers=workers > 0, drop_last=train, generator=generator)
+        self.sampler = EpochSampler(len(data), seed, shuffle=train, rank=rank, world_size=world_size)
+        self.loader = DataLoader(data, batch_size=batch_size, sampler=self.sampler, num_workers=workers,
+                                 pin_memory=device.type == "cuda", persistent_workers=workers > 0, drop_last=train,
+                                 generator=torch.Generator())  # its worker base seeds: not from the training RNG
         self.device = device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
@@ -54,8 +110,7 @@ class StreamLoader:
         self.scale, self.shift = 1.0 / (255.0 * std_t), mean_t / std_t
 
     def set_epoch(self, epoch: int) -> None:
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.loader)

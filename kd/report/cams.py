@@ -48,8 +48,8 @@ class SavedRun:
                 model.load_state_dict(state_dict_of(read_checkpoint(path), path))
                 yield label, seed, model.to(self.hw.device).eval()
 
-    def test_batch(self, start: int = 0, count: int | None = None):
-        images = self.data.test.images[start:None if count is None else start + count]
+    def normalised(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 test images, normalised as the networks saw them, on the analysis device."""
         mean = torch.tensor(self.data.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.data.std).view(1, 3, 1, 1)
         return ((images.float() / 255 - mean) / std).to(self.hw.device)
@@ -76,10 +76,10 @@ def localisation(run_dir: Path, batch: int = 500) -> pd.DataFrame | None:
         energy, pointing = [], []
         for start in range(0, len(test), batch):
             classes = test.labels[start:start + batch].to(run.hw.device)
-            maps = maps_of(model, run.test_batch(start, batch), classes)
+            maps = maps_of(model, run.normalised(test.images[start:start + batch]), classes)
             if maps is None:
                 break
-            e, p = box_scores(maps[0], test.boxes[start:start + batch], tuple(test.images.shape[-2:]))
+            e, p = box_scores(maps[0], test.boxes[start:start + batch], test.image_size)
             energy.append(e.cpu())
             pointing.append(p.cpu())
         if energy:
@@ -107,7 +107,8 @@ def plot_cams(run_dir: Path, path: Path, count: int = 6) -> Path | None:
         if len(hits):
             picks.append(int(hits[0]))
     picks = picks[:count]
-    images = run.test_batch()[picks]
+    pictures = test.images_at(torch.tensor(picks))
+    images = run.normalised(pictures)
     classes = test.labels[picks].to(run.hw.device)
     columns = []
     if run.teacher is not None and maps_of(run.teacher, images, classes) is not None:
@@ -123,11 +124,11 @@ def plot_cams(run_dir: Path, path: Path, count: int = 6) -> Path | None:
             columns += [(f"{label}\nCAM", maps[0]), (f"{label}\nCAAM", maps[1])]
     if not columns:
         return None
-    size = tuple(test.images.shape[-2:])
+    size = tuple(pictures.shape[-2:])
     fig, axes = plt.subplots(len(picks), len(columns) + 1, figsize=(1.25 * (len(columns) + 1), 1.3 * len(picks) + 0.6),
                              squeeze=False)
     for row, index in enumerate(picks):
-        picture = test.images[index].permute(1, 2, 0).numpy()
+        picture = pictures[row].permute(1, 2, 0).numpy()
         axes[row, 0].imshow(picture)
         axes[row, 0].set_ylabel(test.classes[int(test.labels[index])], fontsize=8)
         for col, (title, maps) in enumerate(columns, start=1):
