@@ -62,8 +62,8 @@ class FileSet(Dataset):
 class EpochSampler(Sampler):
     """One rank's share of the data set in an order, with per-image augmentation seeds, fixed by (seed, epoch).
 
-    Shuffled training sets drop the last n % world_size images so every rank gets as many; evaluation keeps
-    them all, ranks taking every world_size-th image (padding with the first ones when the count is uneven).
+    Shuffled training sets drop the last n % world_size images so every rank gets as many (training steps
+    are collective); evaluation keeps them all, each once, ranks taking every world_size-th image.
     """
 
     def __init__(self, size: int, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1):
@@ -75,14 +75,12 @@ class EpochSampler(Sampler):
 
     def _order(self) -> torch.Tensor:
         if not self.shuffle:
-            order = torch.arange(self.size)
-            short = -self.size % self.world_size
-            return torch.cat([order, order[:short]])
+            return torch.arange(self.size)
         order = torch.randperm(self.size, generator=epoch_generator(self.seed, self.epoch))
         return order[: self.size - self.size % self.world_size]
 
     def __len__(self) -> int:
-        return len(self._order()) // self.world_size
+        return len(range(self.rank, len(self._order()), self.world_size))
 
     def __iter__(self):
         order = self._order()
