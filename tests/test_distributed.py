@@ -49,3 +49,24 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_with_the_message(tmp_pat
     assert result.stderr.count(message) == 2, result.stderr[-3000:]
     # torchrun's own failure report lists each rank's exit code: both ranks ended through the error path.
     assert result.returncode != 0 and result.stderr.count("exitcode  : 2") == 2
+
+
+def test_a_streamed_data_set_trains_under_torchrun(tmp_path):
+    from test_streaming import noisy_folder
+
+    root = noisy_folder(tmp_path / "data", per_class=11)  # 33 images: uneven shares of the test set
+    recipe = tmp_path / "stream.yaml"
+    recipe.write_text(f"""name: stream
+dataset: imagefolder
+data_root: {root}
+imagefolder: {{max_in_memory_mb: 0, image_size: 32}}
+student: resnet8
+methods: [vanilla]
+epochs: 2
+batch_size: 8
+output_dir: {tmp_path / 'runs'}
+""")
+    result = torchrun(str(recipe), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = list((tmp_path / "runs").iterdir())
+    assert [r["epoch"] for r in csv.DictReader(open(run / "vanilla-s0" / "metrics.csv"))] == ["1", "2"]
