@@ -1,6 +1,9 @@
 """End to end, the way a user runs it: `run_kd.py RECIPE.yaml key=value` on a small shapes subset."""
 import csv
+import math
+import shutil
 
+import pytest
 import torch
 
 from conftest import run_cli
@@ -105,3 +108,15 @@ class LogitMatch(Distiller):
     rows = list(csv.DictReader(open(run / "logit_match-s0" / "metrics.csv")))
     assert len(rows) == 1 and float(rows[0]["loss_match"]) > 0
     assert "match_weight: 0.5" in (run / "recipe.yaml").read_text()
+
+
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="torch.compile on the CPU needs a C++ compiler")
+def test_compiled_students_and_teacher_train_on_the_cpu(tmp_path):
+    """compile: true is the GPU configuration; the same torch.compile path runs (slowly) on the CPU."""
+    recipe = small_recipe(tmp_path, methods="[vanilla, ccm]")
+    result = run_cli(str(recipe), "compile=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = next((tmp_path / "runs").iterdir())
+    for label in ("vanilla-s0", "ccm-s0"):
+        row = next(csv.DictReader(open(run_dir / label / "metrics.csv")))
+        assert math.isfinite(float(row["loss"])) and 0 <= float(row["test_top1"]) <= 100
