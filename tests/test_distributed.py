@@ -52,20 +52,10 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_with_the_message(tmp_pat
 
 
 def test_a_streamed_data_set_trains_under_torchrun(tmp_path):
-    from test_streaming import noisy_folder
+    from test_streaming import noisy_folder, streamed_recipe
 
     root = noisy_folder(tmp_path / "data", per_class=11)  # 33 images: uneven shares of the test set
-    recipe = tmp_path / "stream.yaml"
-    recipe.write_text(f"""name: stream
-dataset: imagefolder
-data_root: {root}
-imagefolder: {{max_in_memory_mb: 0, image_size: 32}}
-student: resnet8
-methods: [vanilla]
-epochs: 2
-batch_size: 8
-output_dir: {tmp_path / 'runs'}
-""")
+    recipe = streamed_recipe(tmp_path, root)
     result = torchrun(str(recipe), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = list((tmp_path / "runs").iterdir())

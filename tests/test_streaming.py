@@ -23,6 +23,23 @@ def noisy_folder(root, classes=("cat", "dog", "owl"), per_class=8, size=40):
     return root
 
 
+def streamed_recipe(tmp_path, root):
+    """A vanilla resnet8 recipe, 2 epochs, on an image folder forced to stream (max_in_memory_mb: 0)."""
+    recipe = tmp_path / "stream.yaml"
+    recipe.write_text(f"""name: stream
+dataset: imagefolder
+data_root: {root}
+imagefolder: {{max_in_memory_mb: 0, image_size: 32}}
+student: resnet8
+methods: [vanilla]
+epochs: 2
+batch_size: 8
+lr: 0.05
+output_dir: {tmp_path / 'runs'}
+""")
+    return recipe
+
+
 def epoch_batches(root, epoch, workers, seed=3):
     classes, train, _ = scan_root(root, ("test",))
     loader = StreamLoader(FileSet(train, classes, 32, train=True), 5, (0.5,) * 3, (0.25,) * 3,
@@ -55,18 +72,7 @@ def test_ranks_share_the_set_without_overlap():
 
 def test_a_resumed_streamed_run_equals_an_uninterrupted_one(tmp_path):
     root = noisy_folder(tmp_path / "data", per_class=12)
-    recipe = tmp_path / "stream.yaml"
-    recipe.write_text(f"""name: stream
-dataset: imagefolder
-data_root: {root}
-imagefolder: {{max_in_memory_mb: 0, image_size: 32}}
-student: resnet8
-methods: [vanilla]
-epochs: 2
-batch_size: 8
-lr: 0.05
-output_dir: {tmp_path / 'runs'}
-""")
+    recipe = streamed_recipe(tmp_path, root)
     result = run_cli(str(recipe))
     assert result.returncode == 0, result.stderr
     whole = next((tmp_path / "runs").iterdir())
