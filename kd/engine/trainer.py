@@ -310,13 +310,14 @@ class NonFiniteGuard:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # Every rank must stop at the same check, or the others would wait for it at the next collective:
             # agree on the earliest bad step of any rank and on the union of the bad terms.
+            # One MAX reduction does both: the step enters negated (never bad = -inf-like), the terms as 0/1.
             never = torch.iinfo(torch.long).max
-            bad_step = torch.where(bad_step < 0, torch.full_like(bad_step, never), bad_step)
-            torch.distributed.all_reduce(bad_step, op=torch.distributed.ReduceOp.MIN)
-            bad_step = torch.where(bad_step == never, torch.full_like(bad_step, -1), bad_step)
-            if bad_terms is not None:
-                bad_terms = bad_terms.to(torch.long)
-                torch.distributed.all_reduce(bad_terms, op=torch.distributed.ReduceOp.MAX)
+            first = torch.where(bad_step < 0, torch.full_like(bad_step, never), bad_step)
+            terms = torch.zeros(0, dtype=torch.long, device=first.device) if bad_terms is None else bad_terms.long()
+            packed = torch.cat([-first.view(1), terms])
+            torch.distributed.all_reduce(packed, op=torch.distributed.ReduceOp.MAX)
+            bad_step = torch.where(packed[0] == -never, torch.full_like(bad_step, -1), -packed[0])
+            bad_terms = packed[1:] if bad_terms is not None else None
         step = int(bad_step.item())
         if step >= 0:
             terms = [n for n, bad in zip(self.names, bad_terms.tolist()) if bad]
