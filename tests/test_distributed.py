@@ -47,8 +47,10 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_with_the_message(tmp_pat
                "the run stopped")
     # Both ranks stop at the same step and say why; neither is left waiting for the other.
     assert result.stderr.count(message) == 2, result.stderr[-3000:]
-    # torchrun's own failure report lists each rank's exit code: both ranks ended through the error path.
-    assert result.returncode != 0 and result.stderr.count("exitcode  : 2") == 2
+    # Rank 1 ended through the error path (exit code 2). Rank 0 printed the same line; whether it also exits
+    # with 2 or is stopped by torchrun's SIGTERM first, once its peer is gone, is a race, so it is not asserted.
+    assert result.returncode != 0 and "exitcode  : 2" in result.stderr
+    assert f'File "{ROOT / "kd"}' not in result.stderr  # no rank died with a traceback through kd
 
 
 def test_a_streamed_data_set_trains_under_torchrun(tmp_path):

@@ -1,8 +1,8 @@
 """Published CIFAR-100 benchmark numbers, kept apart from ours and always labelled as published.
 
 results/published_cifar100.csv holds top-1 (%) per pair and method as published by the CRD benchmark's
-README (teacher, vanilla student, KD, FitNet, AT, CRD; 240 epochs, last epoch) and the DKD README (DKD;
-best epoch, mean of several runs), with the source of every number. `run_kd.py report --published` puts a
+README (teacher, vanilla student, KD, FitNet, AT, SP, CC, VID, RKD, PKT, AB, FT, FSP, NST, CRD; 240 epochs,
+last epoch) and the DKD README (DKD; best epoch, mean of several runs), with the source of every number. `run_kd.py report --published` puts a
 user's own runs of our CIFAR-100 recipes beside them, pair by pair.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pandas as pd
 from kd.pairs import ROOT
 
 PUBLISHED = ROOT / "results" / "published_cifar100.csv"
-ORDER = ["teacher", "vanilla", "kd", "fitnets", "at", "crd", "dkd"]
+ORDER = ["teacher", "vanilla", "kd", "fitnets", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "crd", "dkd"]
 
 
 def load_published(path: Path = PUBLISHED) -> pd.DataFrame:
@@ -36,8 +36,8 @@ def published_markdown(frame: pd.DataFrame, command: str) -> str:
     sources = "\n".join(f"- {method}: {src}" for method, src in
                         frame.groupby("method", sort=False)["source"].first().items())
     return (f"# Published CIFAR-100 results (not ours)\n\nMade by `{command}` from the benchmark's published numbers. "
-            "Top-1 (%) on CIFAR-100 as published: teacher, vanilla student, KD, FitNet, AT and CRD from the CRD "
-            "benchmark README (240 epochs, last epoch); DKD from the DKD README (best epoch, mean of several runs). "
+            "Top-1 (%) on CIFAR-100 as published: teacher, vanilla student, KD, FitNet, AT, SP, CC, VID, RKD, PKT, "
+            "AB, FT, FSP, NST and CRD from the CRD benchmark README (240 epochs, last epoch); DKD from the DKD README (best epoch, mean of several runs). "
             "'-': not published for that pair. To set your own runs of recipes/cifar100/ beside them: "
             "`python run_kd.py report RUN_DIR --published`.\n\n"
             + "\n".join([header, rule, *body]) + f"\n\nSources:\n{sources}\n")
