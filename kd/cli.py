@@ -16,7 +16,6 @@ from pathlib import Path
 from kd.errors import KDError
 
 COMMANDS = ("run", "compare", "teacher", "list", "report", "bench")
-ALL_METHODS = ["vanilla", "kd", "fitnets", "at", "cam_loss", "ccm", "ccm_kd"]
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -33,7 +32,7 @@ def make_parser() -> ArgumentParser:
     run.add_argument("overrides", nargs="*", help="key=value (dotted for sections: kd.T=2)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoints")
     compare = sub.add_parser("compare", help="train every method on a pair and write the comparison tables and plots")
-    compare.add_argument("recipe", help="recipe YAML file (methods default to all seven)")
+    compare.add_argument("recipe", help="recipe YAML file (methods default to the mission group, the seven of kd's mission)")
     compare.add_argument("overrides", nargs="*", help="key=value, e.g. methods=[kd,ccm] seeds=[0,1,2]")
     compare.add_argument("--fresh", action="store_true", help="start a new comparison even if an interrupted one exists")
     report = sub.add_parser("report", help="rebuild tables and plots from run directories, without training")
@@ -42,7 +41,7 @@ def make_parser() -> ArgumentParser:
     report.add_argument("--published", action="store_true", help="also set the runs beside the published CIFAR-100 numbers")
     bench = sub.add_parser("bench", help="measure the training-step throughput of every method on a pair")
     bench.add_argument("pair")
-    bench.add_argument("overrides", nargs="*", help="recipe keys, e.g. batch_size=64 device=cpu")
+    bench.add_argument("overrides", nargs="*", help="recipe keys, e.g. batch_size=64 device=cpu methods=[mission] (default: every method)")
     bench.add_argument("--steps", type=int, default=10, help="timed steps per round")
     bench.add_argument("--rounds", type=int, default=5, help="interleaved rounds (the median is reported)")
     bench.add_argument("--out", default="results/bench", help="output folder")
@@ -98,8 +97,10 @@ def progress_bar(con):
 
 
 def cmd_run(args) -> int:
+    from kd.engine.rundir import RunDir
     from kd.recipe import load_recipe
     from kd.run import run_recipe
+    from kd.teacher import ensure_teacher
 
     overrides = list(args.overrides)
     if args.recipe and "=" in args.recipe and not Path(args.recipe).exists():
@@ -110,25 +111,16 @@ def cmd_run(args) -> int:
     if args.recipe is None:
         if not args.resume:
             raise KDError("run_kd.py run: give a recipe (run_kd.py RECIPE.yaml) or --resume RUN_DIR")
-        saved = Path(args.resume) / "recipe.yaml"
-        if not saved.is_file():
-            raise KDError(f"--resume {args.resume}: not a run directory (it has no recipe.yaml); pass a folder a run printed")
-        recipe = load_recipe(saved, overrides)
+        recipe = load_recipe(RunDir.open(args.resume, "--resume").recipe_file, overrides)
     else:
         recipe = load_recipe(args.recipe, overrides)
     con = console()
     with progress_bar(con) as progress:
+        ensure_teacher(recipe, con, progress)
         result = run_recipe(recipe, con, progress)
-    if is_main_process():
+    if result.is_main:
         print_summary(con, result)
     return 0
-
-
-def is_main_process() -> bool:
-    """False on the torchrun ranks other than 0, which train but neither print nor write."""
-    import os
-
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def command_line() -> str:
@@ -136,28 +128,29 @@ def command_line() -> str:
 
 
 def cmd_compare(args) -> int:
+    from kd.engine.rundir import RunDir
     from kd.recipe import load_recipe
     from kd.report.write import write_report
     from kd.run import run_recipe
+    from kd.teacher import ensure_teacher
     from kd.yamlio import load_mapping
 
     raw, _ = load_mapping(args.recipe)
     overrides = list(args.overrides)
     if "methods" not in raw and not any(o.split("=", 1)[0].strip() == "methods" for o in overrides):
-        overrides.insert(0, f"methods=[{', '.join(ALL_METHODS)}]")
+        overrides.insert(0, "methods=[mission]")
     recipe = load_recipe(args.recipe, overrides)
     con = console()
     if not args.fresh and recipe.resume is None:
-        from kd.run import interrupted_run
-
-        unfinished = interrupted_run(recipe)
+        unfinished = RunDir.find_interrupted(recipe.output_dir, recipe.name, recipe.to_yaml())
         if unfinished is not None:
             con.print(f"resuming the interrupted comparison in {unfinished} (--fresh starts a new one)")
             recipe.resume = str(unfinished)
     with progress_bar(con) as progress:
+        ensure_teacher(recipe, con, progress)
         result = run_recipe(recipe, con, progress)
-    if is_main_process():
-        write_report([result.run_dir], result.run_dir / "report", command_line(), con)
+    if result.is_main:
+        write_report([result.run_dir.path], result.run_dir.path / "report", command_line(), con)
     return 0
 
 
@@ -170,15 +163,16 @@ def cmd_report(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from kd.bench import METHODS, bench_pair, write_bench
-    from kd.recipe import recipe_from_mapping, apply_override
+    from kd.recipe import apply_override, recipe_from_mapping
+    from kd.throughput import bench_pair, write_bench
 
     if args.steps < 1 or args.rounds < 1:
         raise KDError("bench: --steps and --rounds must be at least 1")
-    data = {"pair": args.pair, "methods": METHODS, "batch_size": 64}
+    data = {"pair": args.pair, "methods": ["all"], "batch_size": 64}
     for text in args.overrides:
         apply_override(data, text)
     recipe = recipe_from_mapping(data, f"bench {args.pair}")
+    recipe.methods = ["vanilla", *[m for m in recipe.methods if m != "vanilla"]]  # vanilla is the floor's student
     con = console()
     result = bench_pair(recipe, args.steps, args.rounds, console=con)
     path = write_bench(result, args.pair, Path(args.out), command_line())
@@ -220,11 +214,12 @@ def cmd_teacher(args) -> int:
 def cmd_list(args) -> int:
     from rich.table import Table
 
-    from kd.config import describe
+    from kd import home
     from kd.data import DATASETS
-    from kd.distillers import DISTILLERS
+    from kd.distillers import DISTILLERS, GROUPS
     from kd.models import model_names
-    from kd.pairs import ROOT, all_pairs
+    from kd.options import describe
+    from kd.pairs import all_pairs
 
     con = console()
     what = args.what
@@ -232,14 +227,18 @@ def cmd_list(args) -> int:
         con.print("[bold]models[/]: " + ", ".join(model_names()))
     if what in ("all", "datasets"):
         for name in DATASETS.names():
-            options = ", ".join(f"{n}={d}" for n, _, d, _ in describe(DATASETS.get(name).Options))
-            con.print(f"[bold]data set[/] {name}" + (f"  ({options})" if options else ""))
+            source = DATASETS.get(name)
+            options = ", ".join(f"{n}={d}" for n, _, d, _ in describe(source.Options))
+            con.print(f"[bold]data set[/] {name}: {source.summary()}" + (f"  ({options})" if options else ""))
     if what in ("all", "distillers"):
         for name in DISTILLERS.names():
             cls = DISTILLERS.get(name)
             options = ", ".join(f"{n}={d}" for n, _, d, _ in describe(cls.Options))
-            doc = " ".join((cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().split("\n\n")[0].split())
-            con.print(f"[bold]distiller[/] {name}: {doc}  ({options})")
+            groups = f" [{', '.join(cls.groups)}]" if cls.groups else ""
+            paper = f"\n    paper: {cls.paper}" if cls.paper and cls.paper != "-" else ""
+            con.print(f"[bold]distiller[/] {name}{groups}: {cls.summary()}{paper}\n    options: {options}")
+        con.print("[bold]method groups[/] (methods: [group]): all: every distiller; "
+                  + "; ".join(f"{g}: {about}" for g, about in GROUPS.items()))
     if what in ("all", "pairs"):
         table = Table(title="pairs (teachers/pairs.yaml)")
         for column in ("pair", "teacher", "student", "data set", "teacher checkpoint"):
@@ -250,7 +249,7 @@ def cmd_list(args) -> int:
             table.add_row(name, pair.teacher, pair.student, pair.dataset, f"{pair.teacher_checkpoint} ({have})")
         con.print(table)
     if what in ("all", "recipes"):
-        recipes = sorted(p.relative_to(ROOT) for p in (ROOT / "recipes").rglob("*.yaml"))
+        recipes = sorted(p.relative_to(root.parent) for root in home.recipe_roots() for p in root.rglob("*.yaml"))
         con.print("[bold]recipes[/]:\n  " + "\n  ".join(str(p) for p in recipes))
     return 0
 

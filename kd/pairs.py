@@ -1,20 +1,19 @@
 """The registry of teacher/student pairs, read from teachers/pairs.yaml.
 
 A pair names the teacher and student architectures, the data set, where the teacher checkpoint lives
-and the recipe that trains it. Paths in pairs.yaml are relative to the repository root.
+and the recipe that trains it. It owns its checkpoint: where it is, whether it may be trained on demand,
+and what to tell a user when it is missing. Paths in pairs.yaml are relative to the kd home (kd.home).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kd.config import build
+from kd import home
 from kd.errors import KDError
+from kd.options import build
 from kd.registry import nearest
 from kd.yamlio import load_mapping
-
-ROOT = Path(__file__).resolve().parents[1]
-PAIRS_FILE = ROOT / "teachers" / "pairs.yaml"
 
 
 @dataclass
@@ -22,7 +21,7 @@ class Pair:
     teacher: str
     student: str
     dataset: str
-    teacher_checkpoint: str = field(metadata={"help": "path of the teacher checkpoint, relative to the repository"})
+    teacher_checkpoint: str = field(metadata={"help": "path of the teacher checkpoint, relative to the kd home"})
     teacher_recipe: str = field(metadata={"help": "recipe that trains the teacher"})
     train_on_demand: bool = field(default=False, metadata={"help": "train the teacher when it is missing (cheap pairs only)"})
     about: str = ""
@@ -30,20 +29,26 @@ class Pair:
 
     @property
     def checkpoint_path(self) -> Path:
-        return ROOT / self.teacher_checkpoint
+        return home.home() / self.teacher_checkpoint
 
     @property
     def recipe_path(self) -> Path:
-        return ROOT / self.teacher_recipe
+        return home.find(self.teacher_recipe)
+
+    def missing_checkpoint(self) -> KDError:
+        """The error for a run that needs this pair's teacher while its checkpoint is not there."""
+        return KDError(f"teacher checkpoint {self.checkpoint_path} does not exist; make it with "
+                       f"`python run_kd.py teacher {self.name}` (or put a published checkpoint there)")
 
 
 def all_pairs() -> dict[str, Pair]:
-    data, lines = load_mapping(PAIRS_FILE, "pair registry")
+    pairs_file = home.find(home.PAIRS)
+    data, lines = load_mapping(pairs_file, "pair registry")
     pairs = {}
     for name, entry in data.items():
         if not isinstance(entry, dict):
-            raise KDError(f"{PAIRS_FILE}:{lines.get(name, '?')}: pair '{name}' must be a mapping of teacher, student, ...")
-        pairs[name] = build(Pair, entry, str(PAIRS_FILE), lines, f"{name}.")
+            raise KDError(f"{pairs_file}:{lines.get(name, '?')}: pair '{name}' must be a mapping of teacher, student, ...")
+        pairs[name] = build(Pair, entry, str(pairs_file), lines, f"{name}.")
         pairs[name].name = name
     return pairs
 

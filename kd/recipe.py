@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import yaml
 
-from kd.config import as_dict, build
+from kd.options import as_dict, build
 from kd.errors import KDError
 from kd.yamlio import load_mapping
 
@@ -30,7 +30,7 @@ class Recipe:
     data_root: str | None = field(default=None, metadata={"help": "folder holding the data set"})
     download: bool = field(default=False, metadata={"help": "let torchvision download a missing data set"})
     subset_per_class: int | None = field(default=None, metadata={"min": 1, "help": "train on a balanced subset of n images per class (fixed seed)"})
-    methods: list[str] = field(default_factory=lambda: ["vanilla"], metadata={"help": "distillers to train the student with, one student each; 'name@variant' is a variant with its own options section"})
+    methods: list[str] = field(default_factory=lambda: ["vanilla"], metadata={"help": "distillers to train the student with, one student each; 'name@variant' is a variant with its own options section; groups: all, mission, logit, feature, cam"})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "one student per method and seed"})
     epochs: int = field(default=240, metadata={"min": 1, "help": "training epochs"})
     batch_size: int = field(default=64, metadata={"min": 1, "help": "training batch size (global, over all processes)"})
@@ -58,6 +58,22 @@ class Recipe:
     # Not keys of the file: filled in by recipe_from_mapping.
     sections: dict = field(default_factory=dict, init=False, metadata={"help": "options per distiller / data set, keyed by its name"})
     source: str = field(default="", init=False, metadata={"help": "the file the recipe came from"})
+
+    def require_teacher_checkpoint(self) -> Path:
+        """The teacher checkpoint's path, or one line saying how to get the file when it is not there."""
+        from kd.pairs import get_pair
+
+        if self.teacher_checkpoint is None:
+            raise KDError(f"{self.source or 'recipe'}: no teacher_checkpoint for teacher '{self.teacher}'; "
+                          f"set teacher_checkpoint, or use a pair (run_kd.py list pairs)")
+        path = Path(self.teacher_checkpoint).expanduser()
+        if path.is_file():
+            return path
+        if self.pair and path.resolve() == get_pair(self.pair).checkpoint_path.resolve():
+            raise get_pair(self.pair).missing_checkpoint()
+        if path.is_dir():
+            raise KDError(f"teacher checkpoint {path} is a folder, not a file; set teacher_checkpoint to the .pt file")
+        raise KDError(f"teacher checkpoint {path} does not exist; check teacher_checkpoint in the recipe")
 
     def data_options(self):
         """The validated options of the data set (its section, defaults filled in)."""
@@ -186,6 +202,12 @@ def recipe_from_mapping(data: dict, source: str = "recipe", lines: dict | None =
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """A recipe file (a relative path that is not there is looked for among kd's own recipes, kd.home) with
+    `key=value` overrides applied, validated."""
+    from kd import home
+
+    if not Path(path).exists() and not Path(path).is_absolute() and home.find(path).exists():
+        path = home.find(path)
     data, lines = load_mapping(path)
     for text in overrides:
         apply_override(data, text)
@@ -196,6 +218,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
 def validate(recipe: Recipe) -> Recipe:
     """Cross-field checks and pair resolution; every component name is looked up here, before any work."""
     from kd.data import DATASETS
+    from kd.distillers import expand_methods
     from kd.models import MODELS, ADAPTER_PREFIXES
     from kd.pairs import get_pair
 
@@ -209,6 +232,7 @@ def validate(recipe: Recipe) -> Recipe:
         recipe.dataset = recipe.dataset or pair.dataset
     recipe.dataset = recipe.dataset or "shapes"
     DATASETS.get(recipe.dataset)
+    recipe.methods = expand_methods(recipe.methods)
     if not recipe.methods:
         raise KDError(f"{where}: 'methods' is empty; list at least one distiller, e.g. methods: [vanilla]")
     if not recipe.seeds:

@@ -1,4 +1,9 @@
-"""One small name -> factory registry, shared by models, data sets and distillers."""
+"""One small name -> entry registry, used by models, data sets and distillers alike.
+
+An entry is registered with a decorator, `@REGISTRY.register("name")`; entries that take options (data
+sets, distillers) name their options dataclass there too, `@DISTILLERS.register("kd", options=KDOptions)`,
+and carry it as `entry.Options`. Names keep their registration order.
+"""
 from __future__ import annotations
 
 import difflib
@@ -16,17 +21,21 @@ def nearest(name: str, choices) -> str:
 
 
 class Registry(Generic[T]):
-    """Maps names to factories; `register` is a decorator, `get` explains a wrong name."""
+    """Maps names to entries; `register` is a decorator, `get` explains a wrong name."""
 
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, T] = {}
 
-    def register(self, name: str | None = None) -> Callable[[T], T]:
+    def register(self, name: str | None = None, options: type | None = None) -> Callable[[T], T]:
+        """Decorator: add the entry under `name` (default: its __name__); `options` becomes `entry.Options`."""
         def add(obj: T) -> T:
             key = name or obj.__name__
             if key in self._entries and self._entries[key] is not obj:
-                raise ValueError(f"{self.kind} '{key}' is registered twice")
+                raise KDError(f"{self.kind} '{key}' is already registered (by {describe_origin(self._entries[key])}); "
+                              f"register yours under another name")
+            if options is not None:
+                obj.Options = options
             self._entries[key] = obj
             return obj
 
@@ -41,10 +50,15 @@ class Registry(Generic[T]):
         return self._entries[name]
 
     def names(self) -> list[str]:
-        return sorted(self._entries)
+        """Every registered name, in registration order."""
+        return list(self._entries)
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def describe_origin(obj) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"

@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kd.data import DataSpec
 from kd.cam import caam, cam, normalise
 from kd.distillers import DISTILLERS
 from kd.errors import KDError
@@ -15,7 +16,7 @@ def make(name, student="resnet8", teacher="resnet14", classes=10, size=32, **opt
     torch.manual_seed(0)
     s = create_model(student, classes)
     t = create_model(teacher, classes).eval().requires_grad_(False) if cls.needs_teacher else None
-    return cls(s, t, cls.Options(**options), (3, size, size)), t
+    return cls(s, t, cls.Options(**options), DataSpec(10, (size, size))), t
 
 
 def teacher_features(teacher, images):
@@ -150,6 +151,6 @@ def test_cam_methods_refuse_a_model_without_a_gap_linear_head():
     teacher = create_model("resnet14", 10)
     for name in ("cam_loss", "ccm", "ccm_kd"):
         with pytest.raises(KDError, match=r"the student 'timm:mobilenetv3_small_100' cannot give one"):
-            DISTILLERS.get(name).check_models(student, teacher, DISTILLERS.get(name).Options())
+            DISTILLERS.get(name).check_models(student, teacher, DISTILLERS.get(name).Options(), DataSpec(10, (32, 32)))
     with pytest.raises(KDError, match=r"the teacher 'timm:mobilenetv3_small_100' cannot give one"):
-        DISTILLERS.get("ccm").check_models(teacher, student, DISTILLERS.get("ccm").Options())
+        DISTILLERS.get("ccm").check_models(teacher, student, DISTILLERS.get("ccm").Options(), DataSpec(10, (32, 32)))

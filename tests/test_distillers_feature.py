@@ -6,7 +6,8 @@ from torch import nn
 
 import kd.distillers.at  # noqa: F401  (registration, until kd/distillers/__init__.py imports them)
 import kd.distillers.fitnets  # noqa: F401
-from kd.config import build as build_options
+from kd.data import DataSpec
+from kd.options import build as build_options
 from kd.distillers import DISTILLERS
 from kd.distillers.at import ATOptions, at_loss
 from kd.distillers.fitnets import hint_loss
@@ -20,7 +21,7 @@ def make(name, student="resnet8", teacher="resnet14", **options):
     t = create_model(teacher, 10).eval().requires_grad_(False)
     s = create_model(student, 10)
     cls = DISTILLERS.get(name)
-    return cls(s, t, cls.Options(**options), (3, 32, 32)), t
+    return cls(s, t, cls.Options(**options), DataSpec(10, (32, 32))), t
 
 
 def batch(teacher, n=2):
@@ -82,12 +83,12 @@ def test_impossible_sizes_and_bad_indices_are_refused_before_training():
     student, teacher = create_model("resnet8", 10), create_model("resnet14", 10)
     bad_size = cls.Options(student_stage=0, teacher_stage=2)  # 32x32 vs 8x8
     with pytest.raises(KDError, match=r"stage 0 \(16x32x32\).*stage 2 \(64x8x8\).*student_stage"):
-        cls.check_models(student, teacher, bad_size, (3, 32, 32))
+        cls.check_models(student, teacher, bad_size, DataSpec(10, (32, 32)))
     with pytest.raises(KDError, match="student_stage"):
-        cls(student, teacher, bad_size, (3, 32, 32))
+        cls(student, teacher, bad_size, DataSpec(10, (32, 32)))
     with pytest.raises(KDError, match=r"fitnets.teacher_stage: stage index 3 .*-3..2.*64x8x8"):
-        cls.check_models(student, teacher, cls.Options(teacher_stage=3), (3, 32, 32))
-    cls.check_models(student, teacher, cls.Options(), (3, 32, 32))  # the default pair is fine
+        cls.check_models(student, teacher, cls.Options(teacher_stage=3), DataSpec(10, (32, 32)))
+    cls.check_models(student, teacher, cls.Options(), DataSpec(10, (32, 32)))  # the default pair is fine
 
 
 def test_fitnets_gradients_reach_the_regressor_and_student_but_not_the_teacher():
@@ -153,7 +154,7 @@ def test_losses_are_float32_under_autocast():
 ])
 def test_fitnets_heterogeneous_pairs_work_with_default_stages(teacher, student, kind, stages):
     cls = DISTILLERS.get("fitnets")
-    cls.check_models(create_model(student, 10), create_model(teacher, 10), cls.Options(), (3, 32, 32))
+    cls.check_models(create_model(student, 10), create_model(teacher, 10), cls.Options(), DataSpec(10, (32, 32)))
     distiller, t = make("fitnets", student, teacher)
     assert type(distiller.regressor[0]) is kind
     assert (distiller.student_stage, distiller.teacher_stage) == stages
@@ -188,7 +189,7 @@ def test_at_term_is_the_weighted_sum_over_pairs():
 @pytest.mark.parametrize("teacher, student, n_pairs", [("resnet32x4", "ShuffleV1", 3), ("vgg13", "MobileNetV2", 4)])
 def test_at_heterogeneous_pairs_with_equal_stage_counts(teacher, student, n_pairs):
     cls = DISTILLERS.get("at")
-    cls.check_models(create_model(student, 10), create_model(teacher, 10), cls.Options(), (3, 32, 32))
+    cls.check_models(create_model(student, 10), create_model(teacher, 10), cls.Options(), DataSpec(10, (32, 32)))
     distiller, t = make("at", student, teacher)
     assert len(distiller.pairs) == n_pairs
     _, losses, _ = step(distiller, t)
@@ -199,14 +200,14 @@ def test_at_unequal_stage_counts_need_explicit_pairs():
     cls = DISTILLERS.get("at")
     student, teacher = create_model("resnet8", 10), create_model("ResNet50", 10).eval().requires_grad_(False)
     with pytest.raises(KDError, match=r"student has 3 stages and the teacher 4.*at\.pairs"):
-        cls.check_models(student, teacher, cls.Options(), (3, 32, 32))
+        cls.check_models(student, teacher, cls.Options(), DataSpec(10, (32, 32)))
     with pytest.raises(KDError, match="at.pairs"):
-        cls(student, teacher, cls.Options(), (3, 32, 32))
+        cls(student, teacher, cls.Options(), DataSpec(10, (32, 32)))
     with pytest.raises(KDError, match=r"at.pairs: stage index 4 .*teacher has 4 stages.*-4..3"):
-        cls.check_models(student, teacher, cls.Options(pairs=[[0, 4]]), (3, 32, 32))
+        cls.check_models(student, teacher, cls.Options(pairs=[[0, 4]]), DataSpec(10, (32, 32)))
     options = build_options(ATOptions, {"pairs": [[0, 1], [1, 2], [-1, -1]]}, "recipe", prefix="at.")
-    cls.check_models(student, teacher, options, (3, 32, 32))
-    distiller = cls(student, teacher, options, (3, 32, 32))
+    cls.check_models(student, teacher, options, DataSpec(10, (32, 32)))
+    distiller = cls(student, teacher, options, DataSpec(10, (32, 32)))
     assert distiller.pairs == [(0, 1), (1, 2), (2, 3)]
     _, losses, _ = step(distiller, teacher)
     assert set(losses) == {"ce", "at"} and torch.isfinite(losses["at"])

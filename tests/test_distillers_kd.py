@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from kd.data import DataSpec
 from kd.distillers import DISTILLERS
 from kd.distillers.kd import kd_loss
 from kd.models import create_model
@@ -28,7 +29,7 @@ def build(name, teacher=None, **options):
     cls = DISTILLERS.get(name)
     torch.manual_seed(0)
     student = create_model("resnet8", 10)
-    return cls(student, teacher, cls.Options(**options), (3, 32, 32))
+    return cls(student, teacher, cls.Options(**options), DataSpec(10, (32, 32)))
 
 
 def test_kd_distiller_terms_are_weighted_and_teacher_gets_no_gradient():

@@ -47,16 +47,29 @@ def make_set(n=50):
 def test_loader_is_deterministic_per_seed_and_epoch_and_normalises():
     data = make_set()
     loader = TensorLoader(data, 16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), torch.device("cpu"), train=True, padding=1, seed=3)
-    first = [x for x, _ in loader]
-    again = [x for x, _ in loader]
+    first = [x for x, _, _ in loader]
+    again = [x for x, _, _ in loader]
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     loader.set_epoch(1)
     assert not torch.equal(first[0], next(iter(loader))[0])
     assert len(first) == len(loader) == 4  # 50 = 3 x 16 + 2
     test = TensorLoader(data, 16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), torch.device("cpu"), train=False)
-    x, y = next(iter(test))
+    x, y, index = next(iter(test))
     expected = (data.images[:16].float() / 255 - 0.5) / 0.25
     assert torch.allclose(x, expected, atol=1e-5) and torch.equal(y, data.labels[:16])
+    assert index.tolist() == list(range(16))
+
+
+def test_training_batches_carry_each_image_index_in_the_set():
+    data = make_set()
+    data.labels = torch.arange(50) * 7  # a label that names its image
+    loader = TensorLoader(data, 16, (0.5,) * 3, (0.25,) * 3, torch.device("cpu"), train=True, augment="none", seed=2)
+    seen = []
+    for x, y, index in loader:
+        assert torch.equal(y, index * 7)
+        assert torch.allclose(x, (data.images[index].float() / 255 - 0.5) / 0.25, atol=1e-5)
+        seen += index.tolist()
+    assert sorted(seen) == list(range(50)) and seen != sorted(seen)  # every image once, shuffled
 
 
 def test_sharded_loader_splits_each_batch_between_ranks():
@@ -64,6 +77,6 @@ def test_sharded_loader_splits_each_batch_between_ranks():
     full = TensorLoader(data, 16, (0, 0, 0), (1, 1, 1), torch.device("cpu"), train=True, augment="none", seed=5)
     shards = [TensorLoader(data, 8, (0, 0, 0), (1, 1, 1), torch.device("cpu"), train=True, augment="none", seed=5,
                            rank=r, world_size=2) for r in range(2)]
-    seen_full = torch.cat([y for _, y in full]).sort().values
-    seen_shards = torch.cat([y for s in shards for _, y in s]).sort().values
+    seen_full = torch.cat([y for _, y, _ in full]).sort().values
+    seen_shards = torch.cat([y for s in shards for _, y, _ in s]).sort().values
     assert torch.equal(seen_full, seen_shards)

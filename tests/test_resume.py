@@ -69,12 +69,13 @@ def test_corrupt_last_checkpoint_falls_back_to_the_previous_one(tmp_path):
     last.write_bytes(last.read_bytes()[:1000])  # truncated
     result = run_cli("--resume", str(run_dir), "epochs=3")
     assert result.returncode == 2 and "different recipe (epochs differ)" in result.stderr
-    from kd.run import last_state
-    state = last_state(run_dir / "vanilla-s0")
+    from kd.engine.rundir import RunDir
+    student = RunDir(run_dir).student("vanilla", 0)
+    state = student.last_state()
     assert state["epoch"] == 1  # the previous, good checkpoint
     (last.parent / "last.pt.prev").write_bytes(b"junk")
     with pytest.raises(Exception, match="not a readable torch checkpoint"):
-        last_state(run_dir / "vanilla-s0")
+        student.last_state()
 
 
 def test_same_recipe_twice_makes_two_run_directories_and_a_bad_resume_is_refused(tmp_path):

@@ -52,11 +52,13 @@ def test_an_epoch_depends_on_seed_and_epoch_only_not_on_workers_or_history(tmp_p
     root = noisy_folder(tmp_path / "data")
     before = torch.get_rng_state()
     first = epoch_batches(root, 2, workers=0)
+    _, train, _ = scan_root(root, ("test",))
     assert torch.equal(torch.get_rng_state(), before)  # augmentation leaves the training RNG alone
     again = epoch_batches(root, 2, workers=2)
     assert len(first) == len(again) == 24 // 5
-    for (x, y), (x2, y2) in zip(first, again):
-        assert torch.equal(x, x2) and torch.equal(y, y2)
+    for (x, y, i), (x2, y2, i2) in zip(first, again):
+        assert torch.equal(x, x2) and torch.equal(y, y2) and torch.equal(i, i2)
+        assert torch.equal(y, torch.tensor([train[k][1] for k in i.tolist()]))  # the index names the image
     other = epoch_batches(root, 3, workers=0)
     assert not all(torch.equal(a[0], b[0]) for a, b in zip(first, other))
 

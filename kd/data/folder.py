@@ -12,8 +12,10 @@ from pathlib import Path
 
 import torch
 
-from kd.data import DATASETS, channel_stats, takes_options
-from kd.data.base import DataBundle, ImageSet
+from kd.data.base import DataBundle, DataSource, DataSpec, ImageSet
+from kd.data.images import channel_stats, decode_images
+from kd.data.registry import DATASETS
+from kd.data.streaming import FileSet
 from kd.errors import KDError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm"}
@@ -63,39 +65,6 @@ def scan_root(root: str | None, test_names: tuple[str, ...]):
     return train_classes, train, test
 
 
-def read_rgb(path) -> torch.Tensor:
-    """One image file as an RGB uint8 (3, H, W) tensor."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as err:
-        raise KDError(f"cannot decode image {path} ({err}); remove or replace the file") from err
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
-
-
-def decode_images(samples, image_size: int | None) -> torch.Tensor:
-    """Decode every image to RGB uint8 (N, 3, H, W); resize to image_size x image_size when given."""
-    from torchvision.transforms.v2.functional import resize
-
-    out, first = [], None
-    for path, _ in samples:
-        img = read_rgb(path)
-        if image_size:
-            img = resize(img, [image_size, image_size], antialias=True)
-        elif first is None:
-            first = img.shape
-        elif img.shape != first:
-            raise KDError(
-                f"images differ in size ({path} is {tuple(img.shape[1:])}, others {tuple(first[1:])}); "
-                f"set imagefolder: {{image_size: N}} in the recipe to resize them all"
-            )
-        out.append(img)
-    return torch.stack(out)
-
-
 @dataclass
 class FolderOptions:
     image_size: int | None = field(default=None, metadata={"min": 8, "help": "resize every image to this side; null keeps the files' size (must be uniform)"})
@@ -108,48 +77,68 @@ class ImageNetOptions:
     workers: int = field(default=8, metadata={"min": 0, "help": "DataLoader worker processes"})
 
 
-def _estimate_mb(samples, image_size: int | None) -> float:
-    from PIL import Image
+def image_side(path) -> tuple[int, int]:
+    """(height, width) of an image file from its header, with the same one-line error as a full decode."""
+    from PIL import Image, UnidentifiedImageError
 
-    side = image_size
-    if side is None:
-        with Image.open(samples[0][0]) as image:
+    try:
+        with Image.open(path) as image:
             w, h = image.size
-        return len(samples) * 3 * h * w / 2**20
-    return len(samples) * 3 * side * side / 2**20
+    except (OSError, UnidentifiedImageError) as err:
+        raise KDError(f"cannot decode image {path} ({err}); remove or replace the file") from err
+    return h, w
 
 
-@DATASETS.register("imagefolder")
-@takes_options(FolderOptions)
-def load_imagefolder(options: FolderOptions, root=None, download=False) -> DataBundle:
-    classes, train, test = scan_root(root, ("test", "val"))
-    if _estimate_mb(train + test, options.image_size) > options.max_in_memory_mb:
-        return _streaming_bundle("imagefolder", root, classes, train, test, options.image_size or 224, 4, None)
-    from rich.progress import track
-
-    def as_set(samples, what) -> ImageSet:
-        images = decode_images(track(samples, description=f"decoding {what} images", transient=True),
-                               options.image_size)
-        return ImageSet(images, torch.tensor([label for _, label in samples]), classes)
-
-    train_set, test_set = as_set(train, "train"), as_set(test, "test")
-    mean, std = channel_stats(train_set.images)
-    padding = max(1, train_set.images.shape[-1] // 8)
-    return DataBundle("imagefolder", train_set, test_set, mean, std, augment="crop_flip", crop_padding=padding)
+def _estimate_mb(samples, image_size: int | None) -> float:
+    h, w = (image_size, image_size) if image_size else image_side(samples[0][0])
+    return len(samples) * 3 * h * w / 2**20
 
 
-@DATASETS.register("imagenet")
-@takes_options(ImageNetOptions)
-def load_imagenet(options: ImageNetOptions, root=None, download=False) -> DataBundle:
-    classes, train, test = scan_root(root, ("val",))
-    return _streaming_bundle("imagenet", root, classes, train, test, options.image_size, options.workers,
-                             IMAGENET_STATS)
+@DATASETS.register("imagefolder", options=FolderOptions)
+class ImageFolder(DataSource):
+    """Any folder with train/ and test/ (or val/) holding one sub-folder of images per class."""
+
+    def spec(self) -> DataSpec:
+        classes, train, test = scan_root(self.root, ("test", "val"))
+        side = self.options.image_size
+        if side is None and _estimate_mb(train + test, None) > self.options.max_in_memory_mb:
+            side = 224  # a streamed folder without image_size is cropped to ImageNet's size, as load() does
+        return DataSpec(len(classes), (side, side) if side else image_side(train[0][0]))
+
+    def load(self) -> DataBundle:
+        options = self.options
+        classes, train, test = scan_root(self.root, ("test", "val"))
+        if _estimate_mb(train + test, options.image_size) > options.max_in_memory_mb:
+            return _streaming_bundle("imagefolder", classes, train, test, options.image_size or 224, 4, None)
+        from rich.progress import track
+
+        def as_set(samples, what) -> ImageSet:
+            images = decode_images(track(samples, description=f"decoding {what} images", transient=True),
+                                   options.image_size)
+            return ImageSet(images, torch.tensor([label for _, label in samples]), classes)
+
+        train_set, test_set = as_set(train, "train"), as_set(test, "test")
+        mean, std = channel_stats(train_set.images)
+        padding = max(1, train_set.images.shape[-1] // 8)
+        return DataBundle("imagefolder", train_set, test_set, mean, std, augment="crop_flip", crop_padding=padding)
 
 
-def _streaming_bundle(name, root, classes, train, test, image_size, workers, stats) -> DataBundle:
-    from kd.data.streaming import FileSet
+@DATASETS.register("imagenet", options=ImageNetOptions)
+class ImageNet(DataSource):
+    """ImageNet-style folders (train/ and val/), streamed from disk with the standard crops."""
 
+    def spec(self) -> DataSpec:
+        classes, _, _ = scan_root(self.root, ("val",))
+        return DataSpec(len(classes), (self.options.image_size, self.options.image_size))
+
+    def load(self) -> DataBundle:
+        classes, train, test = scan_root(self.root, ("val",))
+        return _streaming_bundle("imagenet", classes, train, test, self.options.image_size, self.options.workers,
+                                 IMAGENET_STATS)
+
+
+def _streaming_bundle(name, classes, train, test, image_size, workers, stats) -> DataBundle:
     mean, std = stats or IMAGENET_STATS
-    return DataBundle(name, FileSet(train, classes, image_size, train=True),
-                      FileSet(test, classes, image_size, train=False), mean, std,
-                      augment="resized_crop_flip", extra={"workers": workers})
+    return DataBundle(name, FileSet(train, classes, image_size, train=True, workers=workers),
+                      FileSet(test, classes, image_size, train=False, workers=workers), mean, std,
+                      augment="resized_crop_flip")

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import torch
 
-from kd.data.base import ImageSet
-
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -48,9 +46,12 @@ def crop_flip(images: torch.Tensor, padding: int, rows0: torch.Tensor, cols0: to
 
 
 class TensorLoader:
-    """Iterates (normalised float images, labels) over an ImageSet resident on `device`."""
+    """Iterates (normalised float images, labels, indices) over an ImageSet resident on `device`.
 
-    def __init__(self, data: ImageSet, batch_size: int, mean, std, device: torch.device, train: bool,
+    The indices are each image's position in the set, the same on every torchrun rank (methods that keep
+    per-image state, such as CRD's memory banks, need them)."""
+
+    def __init__(self, data, batch_size: int, mean, std, device: torch.device, train: bool,
                  augment: str = "crop_flip", padding: int = 4, seed: int = 0,
                  rank: int = 0, world_size: int = 1, channels_last: bool = False):
         self.images = data.images.to(device)
@@ -102,4 +103,4 @@ class TensorLoader:
                 flips = torch.rand(len(index), generator=generator) < 0.5
                 images = torch.where(flips.to(images.device)[:, None, None, None], images.flip(3), images)
             x = images.float().mul_(self.scale).sub_(self.shift)
-            yield x.contiguous(memory_format=self.memory_format), self.labels[index]
+            yield x.contiguous(memory_format=self.memory_format), self.labels[index], index

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kd.data import DATASETS, takes_options
-from kd.data.base import DataBundle
+from kd.data.base import DataBundle, DataSource, DataSpec
+from kd.data.registry import DATASETS
 
 
 @dataclass
@@ -16,15 +16,20 @@ class ShapesOptions:
     seed: int = field(default=0, metadata={"help": "generator seed: the same seed gives the same images"})
 
 
-@DATASETS.register("shapes")
-@takes_options(ShapesOptions)
-def load_shapes(options: ShapesOptions, root=None, download=False) -> DataBundle:
-    from kd.data import channel_stats
-    from kd.data.shapes import make_shapes
+@DATASETS.register("shapes", options=ShapesOptions)
+class Shapes(DataSource):
+    """Embedded synthetic shapes on clutter, with object boxes: made in memory from a seed, no download."""
 
-    train, test = make_shapes(train_size=options.train_size, test_size=options.test_size,
-                              num_classes=options.num_classes, image_size=options.image_size,
-                              seed=options.seed)
-    mean, std = channel_stats(train.images)
-    return DataBundle("shapes", train, test, mean, std, augment="crop_flip",
-                      crop_padding=max(1, options.image_size // 8))
+    def spec(self) -> DataSpec:
+        o = self.options
+        return DataSpec(o.num_classes, (o.image_size, o.image_size))
+
+    def load(self) -> DataBundle:
+        from kd.data.images import channel_stats
+        from kd.data.shapes import make_shapes
+
+        o = self.options
+        train, test = make_shapes(train_size=o.train_size, test_size=o.test_size, num_classes=o.num_classes,
+                                  image_size=o.image_size, seed=o.seed)
+        mean, std = channel_stats(train.images)
+        return DataBundle("shapes", train, test, mean, std, augment="crop_flip", crop_padding=max(1, o.image_size // 8))

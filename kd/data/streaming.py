@@ -12,18 +12,20 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from kd.data.images import read_rgb
 from kd.data.loader import epoch_generator
 
 
 class FileSet(Dataset):
-    """(path, label) samples with the standard ImageNet train / eval transforms, as uint8 tensors."""
+    """(path, label) samples with the standard ImageNet train / eval transforms, as uint8 tensors, decoded by
+    `workers` DataLoader processes."""
 
     boxes = None  # no object boxes: no CAM localisation scores
 
-    def __init__(self, samples, classes, image_size: int, train: bool):
+    def __init__(self, samples, classes, image_size: int, train: bool, workers: int = 4):
         from torchvision.transforms import v2
 
-        self.samples, self.classes, self.side, self.train = samples, classes, image_size, train
+        self.samples, self.classes, self.side, self.train, self.workers = samples, classes, image_size, train, workers
         self.labels = torch.tensor([label for _, label in samples], dtype=torch.long)
         if train:
             self.transform = v2.Compose([v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()])
@@ -39,24 +41,27 @@ class FileSet(Dataset):
         return self.side, self.side
 
     def subset(self, index: torch.Tensor) -> "FileSet":
-        return FileSet([self.samples[i] for i in index.tolist()], self.classes, self.side, self.train)
+        return FileSet([self.samples[i] for i in index.tolist()], self.classes, self.side, self.train, self.workers)
+
+    def loader(self, bundle, batch_size: int, device, train: bool, seed: int = 0, rank: int = 0,
+               world_size: int = 1, channels_last: bool = False) -> "StreamLoader":
+        return StreamLoader(self, batch_size, bundle.mean, bundle.std, device, train, self.workers, seed, rank,
+                            world_size, channels_last)
 
     def images_at(self, index) -> torch.Tensor:
         """uint8 images (N, 3, H, W) of the given indices, through this split's transform."""
         return torch.stack([self[(i, 0) if self.train else i][0] for i in torch.as_tensor(index).tolist()])
 
     def __getitem__(self, key):
-        """key: an index, or (index, augmentation seed) from EpochSampler."""
-        from kd.data.folder import read_rgb
-
+        """key: an index, or (index, augmentation seed) from EpochSampler -> (image, label, index)."""
         i, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[i]
         image = read_rgb(path)
         if seed is None:
-            return self.transform(image), label
+            return self.transform(image), label, i
         with torch.random.fork_rng(devices=[]):  # the transforms draw from the global RNG; leave it as it was
             torch.manual_seed(seed)
-            return self.transform(image), label
+            return self.transform(image), label, i
 
 
 class EpochSampler(Sampler):
@@ -114,6 +119,7 @@ class StreamLoader:
         return len(self.loader)
 
     def __iter__(self):
-        for images, labels in self.loader:
+        for images, labels, index in self.loader:
             x = images.to(self.device, non_blocking=True).float().mul_(self.scale).sub_(self.shift)
-            yield x.contiguous(memory_format=self.memory_format), labels.to(self.device, non_blocking=True)
+            yield (x.contiguous(memory_format=self.memory_format), labels.to(self.device, non_blocking=True),
+                   index.to(self.device, non_blocking=True))

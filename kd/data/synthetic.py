@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kd.data import DATASETS, takes_options
-from kd.data.base import DataBundle, ImageSet
+from kd.data.base import DataBundle, DataSource, DataSpec, ImageSet
+from kd.data.registry import DATASETS
 
 
 @dataclass
@@ -28,10 +28,17 @@ def random_set(n: int, o: SyntheticOptions, generator: torch.Generator) -> Image
     return ImageSet(images, labels, [f"class{i}" for i in range(o.num_classes)])
 
 
-@DATASETS.register("synthetic")
-@takes_options(SyntheticOptions)
-def load_synthetic(options: SyntheticOptions, root=None, download=False) -> DataBundle:
-    generator = torch.Generator().manual_seed(options.seed)
-    train, test = random_set(options.train_size, options, generator), random_set(options.test_size, options, generator)
-    return DataBundle("synthetic", train, test, (0.5, 0.5, 0.5), (0.29, 0.29, 0.29), augment="crop_flip",
-                      crop_padding=max(1, options.image_size // 8))
+@DATASETS.register("synthetic", options=SyntheticOptions)
+class Synthetic(DataSource):
+    """Random images with random labels, for speed and memory measurements only (nothing to learn)."""
+
+    def spec(self) -> DataSpec:
+        o = self.options
+        return DataSpec(o.num_classes, (o.image_size, o.image_size))
+
+    def load(self) -> DataBundle:
+        o = self.options
+        generator = torch.Generator().manual_seed(o.seed)
+        train, test = random_set(o.train_size, o, generator), random_set(o.test_size, o, generator)
+        return DataBundle("synthetic", train, test, (0.5, 0.5, 0.5), (0.29, 0.29, 0.29), augment="crop_flip",
+                          crop_padding=max(1, o.image_size // 8))

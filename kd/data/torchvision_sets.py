@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from kd.data import DATASETS, NoOptions, takes_options
-from kd.data.base import DataBundle, ImageSet
+from kd.data.base import DataBundle, DataSource, DataSpec, ImageSet
+from kd.data.registry import DATASETS
 from kd.errors import KDError
 
 # Per-channel statistics of the training sets, the values the benchmark code normalises with.
@@ -50,12 +50,22 @@ def _load_cifar(name: str, root: str | None, download: bool) -> DataBundle:
 
 
 @DATASETS.register("cifar10")
-@takes_options(NoOptions)
-def load_cifar10(options, root=None, download=False) -> DataBundle:
-    return _load_cifar("cifar10", root, download)
+class Cifar10(DataSource):
+    """CIFAR-10: 50,000 training and 10,000 test images of 32x32 in 10 classes."""
+
+    def spec(self) -> DataSpec:
+        return DataSpec(10, (32, 32))
+
+    def load(self) -> DataBundle:
+        return _load_cifar("cifar10", self.root, self.download)
 
 
 @DATASETS.register("cifar100")
-@takes_options(NoOptions)
-def load_cifar100(options, root=None, download=False) -> DataBundle:
-    return _load_cifar("cifar100", root, download)
+class Cifar100(DataSource):
+    """CIFAR-100: 50,000 training and 10,000 test images of 32x32 in 100 classes."""
+
+    def spec(self) -> DataSpec:
+        return DataSpec(100, (32, 32))
+
+    def load(self) -> DataBundle:
+        return _load_cifar("cifar100", self.root, self.download)

@@ -1,5 +1,7 @@
-"""Distillers, registered by name. Importing this package registers every built-in method."""
-from kd.distillers.base import DISTILLERS, BaseOptions, Distiller
-from kd.distillers import at, cam_loss, ccm, ccm_kd, fitnets, kd, vanilla  # noqa: F401  (registration)
+"""Distillers, registered by name. Importing this package registers every built-in method, in the order
+`run_kd.py list distillers` and `methods: [all]` show them."""
+from kd.distillers.base import BaseOptions, Distiller
+from kd.distillers.registry import DISTILLERS, GROUPS, expand_methods
+from kd.distillers import vanilla, kd, fitnets, at, cam_loss, ccm, ccm_kd  # noqa: F401,E402  (registration)
 
-__all__ = ["DISTILLERS", "BaseOptions", "Distiller"]
+__all__ = ["DISTILLERS", "GROUPS", "BaseOptions", "Distiller", "expand_methods"]

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from kd.distillers.base import DISTILLERS, BaseOptions, Distiller, Shape, describe_stages, pick_stage, probe_shapes
+from kd.distillers.base import BaseOptions, Distiller, Shape, describe_stages, pick_stage, probe_shapes
+from kd.distillers.registry import DISTILLERS
 from kd.errors import KDError
 
 
@@ -79,18 +80,21 @@ def choose_pairs(student: list[Shape], teacher: list[Shape], pairs: list[list[in
     return chosen
 
 
-@DISTILLERS.register("at")
+@DISTILLERS.register("at", options=ATOptions)
 class AT(Distiller):
-    Options = ATOptions
+    """Attention transfer: the student matches the teacher's spatial attention maps (channel mean of |f|^p) stage by stage."""
 
-    def __init__(self, student, teacher, options, input_size=(3, 32, 32)):
-        super().__init__(student, teacher, options, input_size)
-        self.pairs = choose_pairs(probe_shapes(student, self.input_size), probe_shapes(teacher, self.input_size),
+    groups = ("mission", "feature")
+    paper = "Zagoruyko & Komodakis, ICLR 2017, Paying More Attention to Attention"
+
+    def __init__(self, student, teacher, options, data):
+        super().__init__(student, teacher, options, data)
+        self.pairs = choose_pairs(probe_shapes(student, data.input_size), probe_shapes(teacher, data.input_size),
                                   options.pairs)
 
     @classmethod
-    def check_models(cls, student, teacher, options, input_size=(3, 32, 32)):
-        choose_pairs(probe_shapes(student, input_size), probe_shapes(teacher, input_size), options.pairs)
+    def check_models(cls, student, teacher, options, data):
+        choose_pairs(probe_shapes(student, data.input_size), probe_shapes(teacher, data.input_size), options.pairs)
 
     def forward(self, images, targets, teacher, epoch=0):
         o = self.options

@@ -24,7 +24,8 @@ from typing import Literal
 import torch
 
 from kd.cam import caam, cam, l1_map_loss, normalise
-from kd.distillers.base import DISTILLERS, BaseOptions, Distiller
+from kd.distillers.base import BaseOptions, Distiller
+from kd.distillers.registry import DISTILLERS
 from kd.models.features import Features, require_cam
 
 @dataclass
@@ -49,13 +50,16 @@ def cam_active(o: CamOptions, epoch: int) -> bool:
     return o.cam_weight > 0 and epoch >= o.warmup_epochs
 
 
-@DISTILLERS.register("cam_loss")
+@DISTILLERS.register("cam_loss", options=CamOptions)
 class CamLoss(Distiller):
-    Options = CamOptions
+    """CAM-loss without a teacher: the student's own CAM of the true class supervises its class-agnostic map (CAAM)."""
+
     needs_teacher = False
+    groups = ("mission", "cam")
+    paper = "Wang et al., ICCV 2021, CAM-loss: Towards Learning Spatially Discriminative Feature Representations"
 
     @classmethod
-    def check_models(cls, student, teacher, options, input_size=(3, 32, 32)):
+    def check_models(cls, student, teacher, options, data):
         require_cam(student, "student", "cam_loss")
 
     def forward(self, images, targets, teacher=None, epoch=0):

@@ -24,7 +24,8 @@ from typing import Literal
 import torch
 
 from kd.cam import caam, cam, l1_map_loss, normalise, to_common_size
-from kd.distillers.base import DISTILLERS, Distiller
+from kd.distillers.base import Distiller
+from kd.distillers.registry import DISTILLERS
 from kd.distillers.cam_loss import CamOptions, cam_active, self_cam_term
 from kd.models.features import Features, require_cam
 
@@ -50,9 +51,11 @@ class CamMatching(Distiller):
     """Shared by ccm and ccm_kd: the CE, CCM and optional self-CAM terms."""
 
     method = "ccm"
+    groups = ("mission", "cam")
+    paper = "after Wang et al., ICCV 2021, CAM-loss (arXiv:2109.01359): the teacher's CAM supervises the student's CAAM"
 
     @classmethod
-    def check_models(cls, student, teacher, options, input_size=(3, 32, 32)):
+    def check_models(cls, student, teacher, options, data):
         require_cam(student, "student", cls.method)
         require_cam(teacher, "teacher", cls.method)
 
@@ -70,6 +73,6 @@ class CamMatching(Distiller):
         return out.logits, {"ce": self.ce(out.logits, targets), **self.cam_terms(out, teacher, targets, epoch)}
 
 
-@DISTILLERS.register("ccm")
+@DISTILLERS.register("ccm", options=CCMOptions)
 class CCM(CamMatching):
-    Options = CCMOptions
+    """CAAM-CAM matching: the teacher's CAM of the true class supervises the student's class-agnostic activation map."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kd.distillers.base import DISTILLERS
+from kd.distillers.registry import DISTILLERS
 from kd.distillers.ccm import CamMatching, CCMOptions
 from kd.distillers.kd import KDOptions, kd_loss
 
@@ -19,10 +19,12 @@ class CCMKDOptions(KDOptions, CCMOptions):
     ce_weight default wins over the one CCMOptions inherits from BaseOptions."""
 
 
-@DISTILLERS.register("ccm_kd")
+@DISTILLERS.register("ccm_kd", options=CCMKDOptions)
 class CCMKD(CamMatching):
-    Options = CCMKDOptions
+    """CCM and KD together: the CAAM-CAM matching term added to the soft-target KL term."""
+
     method = "ccm_kd"
+    groups = ("mission", "logit", "cam")
 
     def forward(self, images, targets, teacher, epoch=0):
         out = self.student.forward_features(images)

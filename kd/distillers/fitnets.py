@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kd.distillers.base import DISTILLERS, BaseOptions, Distiller, Shape, describe_stages, pick_stage, probe_shapes
+from kd.distillers.base import BaseOptions, Distiller, Shape, describe_stages, pick_stage, probe_shapes
+from kd.distillers.registry import DISTILLERS
 from kd.errors import KDError
 
 def hint_loss(regressed: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tensor:
@@ -77,20 +78,26 @@ def choose_hint(student: list[Shape], teacher: list[Shape], o: FitNetsOptions) -
     return s, t
 
 
-@DISTILLERS.register("fitnets")
+@DISTILLERS.register("fitnets", options=FitNetsOptions)
 class FitNets(Distiller):
-    Options = FitNetsOptions
+    """Hints: a regressor maps a middle student stage onto the teacher's, trained with MSE."""
 
-    def __init__(self, student, teacher, options, input_size=(3, 32, 32)):
-        super().__init__(student, teacher, options, input_size)
-        s_shapes, t_shapes = probe_shapes(student, self.input_size), probe_shapes(teacher, self.input_size)
+    groups = ("mission", "feature")
+    paper = "Romero et al., ICLR 2015, FitNets: Hints for Thin Deep Nets"
+
+    def __init__(self, student, teacher, options, data):
+        super().__init__(student, teacher, options, data)
+        s_shapes, t_shapes = probe_shapes(student, data.input_size), probe_shapes(teacher, data.input_size)
         self.student_stage, self.teacher_stage = choose_hint(s_shapes, t_shapes, options)
         # Built on the CPU; run.py moves the whole distiller (student and regressor) to the device after.
         self.regressor = make_regressor(s_shapes[self.student_stage], t_shapes[self.teacher_stage])
 
     @classmethod
-    def check_models(cls, student, teacher, options, input_size=(3, 32, 32)):
-        choose_hint(probe_shapes(student, input_size), probe_shapes(teacher, input_size), options)
+    def check_models(cls, student, teacher, options, data):
+        choose_hint(probe_shapes(student, data.input_size), probe_shapes(teacher, data.input_size), options)
+
+    def may_leave_parameters_unused(self) -> bool:
+        return self.options.hint_epochs > 0  # hint epochs train only the layers up to the guided stage
 
     def forward(self, images, targets, teacher, epoch=0):
         o = self.options

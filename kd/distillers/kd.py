@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from kd.distillers.base import DISTILLERS, BaseOptions, Distiller
+from kd.distillers.base import BaseOptions, Distiller
+from kd.distillers.registry import DISTILLERS
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
@@ -29,9 +30,12 @@ class KDOptions(BaseOptions):
     T: float = field(default=4.0, metadata={"gt": 0, "help": "softmax temperature"})
 
 
-@DISTILLERS.register("kd")
+@DISTILLERS.register("kd", options=KDOptions)
 class KD(Distiller):
-    Options = KDOptions
+    """Soft targets: KL divergence between the temperature-softened teacher and student predictions."""
+
+    groups = ("mission", "logit")
+    paper = "Hinton, Vinyals, Dean, NIPS workshop 2015, Distilling the Knowledge in a Neural Network"
 
     def forward(self, images, targets, teacher, epoch=0):
         logits = self.student(images)

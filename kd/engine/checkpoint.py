@@ -1,6 +1,8 @@
 """Checkpoints: atomic writes, and teacher loading with a clear line for every way it can go wrong."""
 from __future__ import annotations
 
+import errno
+import io
 import os
 from pathlib import Path
 
@@ -11,21 +13,37 @@ from kd.errors import KDError
 
 
 def save_atomic(obj, path: str | Path, keep_previous: bool = False) -> None:
+    """torch.save `obj` to `path` atomically (see write_atomic)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(path, buffer.getbuffer(), keep_previous)
+
+
+def write_atomic(path: str | Path, data, keep_previous: bool = False) -> None:
     """Write to a temporary file, flush and fsync it, then rename: a crash never leaves half a file.
 
     keep_previous: the file being replaced stays as <name>.prev, so that if the new one is ever found
-    corrupt, the last good one is still there."""
+    corrupt, the last good one is still there. A failed write (a full disk, say) removes the temporary
+    file, leaves the old file as it was, and raises one KDError line naming the path and the space needed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    if keep_previous and path.exists():
-        os.replace(path, previous(path))
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if keep_previous and path.exists():
+            os.replace(path, previous(path))
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        size = f"{len(data) / 2**20:.1f} MiB"
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise KDError(f"no space left on the disk of {path} ({size} needed); the last good files are kept: "
+                          f"free some space, then resume the run (run_kd.py --resume RUN_DIR)") from None
+        raise KDError(f"cannot write {path} ({err.strerror or err}); check that the folder is writable") from None
 
 
 def previous(path: Path) -> Path:

@@ -58,13 +58,12 @@ def barrier() -> None:
         dist.barrier()
 
 
-def wrap(distiller: torch.nn.Module, hw, ctx: Distributed, options) -> torch.nn.Module:
+def wrap_ddp(distiller: torch.nn.Module, hw, ctx: Distributed) -> torch.nn.Module:
     """DistributedDataParallel around a distiller (student and extra modules; the teacher is not part of it)."""
     if not ctx.active:
         return distiller
     from torch.nn.parallel import DistributedDataParallel
 
-    # FitNets' hint epochs leave the layers above the hint stage without gradient
-    unused = getattr(options, "hint_epochs", 0) > 0
     ids = [hw.device.index] if hw.device.type == "cuda" else None
-    return DistributedDataParallel(distiller, device_ids=ids, find_unused_parameters=unused)
+    return DistributedDataParallel(distiller, device_ids=ids,
+                                   find_unused_parameters=distiller.may_leave_parameters_unused())

@@ -1,25 +1,247 @@
-"""Run directories and the metrics file: every run gets its own folder, and no finished epoch is lost."""
+"""Run directories: the one owner of their layout, their files and their lock.
+
+    <output_dir>/<name>-<YYYYmmdd-HHMMSS>[-N]/
+        recipe.yaml                  the fully resolved recipe (loading it again gives the same run)
+        summary.csv                  one row per student, written when every student has finished
+        <label>-s<seed>/             one folder per student (StudentDir)
+            metrics.csv              one row per epoch
+            checkpoints/last.pt      the full resumable state (last.pt.prev: the one before)
+            checkpoints/best.pt      the student's weights at its best epoch
+        localisation.csv             CAM localisation scores, written by `report` (data sets with boxes)
+        .lock                        held (flock) by the process training in it
+
+Every other module reaches these files through RunDir and StudentDir; nothing else spells a path.
+"""
 from __future__ import annotations
 
 import csv
+import fcntl
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 
-def new_run_dir(output_dir: str | Path, name: str) -> Path:
-    """<output_dir>/<name>-<YYYYmmdd-HHMMSS>, with -2, -3 ... when that exists: never an existing one."""
-    base = Path(output_dir)
-    base.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for n in range(1, 1000):
-        path = base / (f"{name}-{stamp}" if n == 1 else f"{name}-{stamp}-{n}")
+from kd.engine.checkpoint import previous, read_checkpoint, write_atomic
+from kd.errors import KDError
+
+RECIPE = "recipe.yaml"
+SUMMARY = "summary.csv"
+
+
+@dataclass(frozen=True)
+class StudentDir:
+    """The folder of one student (method label and seed) of a run."""
+
+    path: Path
+    label: str
+    seed: int
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.path / "checkpoints" / "last.pt"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.path / "checkpoints" / "best.pt"
+
+    def last_state(self) -> dict | None:
+        """The newest readable resumable checkpoint, falling back to the previous one if the newest is corrupt;
+        None when the student has none yet."""
+        import sys
+
+        errors = []
+        for path in (self.last_checkpoint, previous(self.last_checkpoint)):
+            if not path.is_file():
+                continue
+            try:
+                state = read_checkpoint(path, "checkpoint")
+            except KDError as err:
+                errors.append(str(err))
+                continue
+            if isinstance(state, dict) and "distiller" in state and "history" in state:
+                if errors:
+                    print(f"warning: {errors[0]}; resuming from {path} instead", file=sys.stderr)
+                return state
+            errors.append(f"{path} is not a resumable checkpoint")
+        if errors:
+            raise KDError(f"cannot resume {self.path}: {errors[-1]}")
+        return None
+
+
+def student_folder_name(label: str, seed: int) -> str:
+    return f"{label}-s{seed}"
+
+
+class RunDir:
+    """One run directory: paths, the recipe and summary files, resume checks and the lock."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # ---------------------------------------------------------------- making and finding
+
+    @classmethod
+    def create(cls, output_dir: str | Path, name: str) -> "RunDir":
+        """<output_dir>/<name>-<YYYYmmdd-HHMMSS>, with -2, -3 ... when that exists: never an existing one."""
+        base = Path(output_dir)
+        base.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for n in range(1, 1000):
+            path = base / (f"{name}-{stamp}" if n == 1 else f"{name}-{stamp}-{n}")
+            try:
+                path.mkdir()  # atomic: two runs started in the same second get different folders
+                return cls(path)
+            except FileExistsError:
+                continue
+        raise KDError(f"could not make a run directory under {base}: 999 runs named '{name}' this second")
+
+    @classmethod
+    def open(cls, path: str | Path, what: str = "resume") -> "RunDir":
+        """An existing run directory, or one line saying why `path` is not one."""
+        run = cls(path)
+        if not run.path.is_dir():
+            raise KDError(f"{what}: {run.path} is not a run directory (no such folder); pass a folder a run printed")
+        if not run.recipe_file.is_file():
+            raise KDError(f"{what}: {run.path} is not a run directory (it has no {RECIPE}); pass a folder a run printed")
+        return run
+
+    @classmethod
+    def find_interrupted(cls, output_dir: str | Path, name: str, recipe_yaml: str) -> "RunDir | None":
+        """The newest run directory of this same recipe that has no summary yet (it was interrupted)."""
+        candidates = sorted(Path(output_dir).glob(f"{name}-*/{RECIPE}"), key=lambda p: p.stat().st_mtime,
+                            reverse=True)
+        for saved in candidates:
+            run = cls(saved.parent)
+            if not run.finished and not run.recipe_differences(recipe_yaml):
+                return run
+        return None
+
+    @staticmethod
+    def check_writable(output_dir: str | Path) -> None:
+        """Refuse, before any data or teacher is loaded, an output_dir where no run directory can be made.
+        Probes the deepest folder that exists with a folder made and removed again: nothing stays behind."""
+        base = Path(output_dir).expanduser()
+        existing = next(p for p in [base, *base.parents] if p.exists())
+        if not existing.is_dir():
+            raise KDError(f"output_dir {base}: {existing} is a file, not a folder; set output_dir to a folder")
+        probe = existing / f".kd-write-test-{os.getpid()}"
         try:
-            path.mkdir()  # atomic: two runs started in the same second get different folders
-            return path
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"could not make a run directory under {base}")
+            probe.mkdir()
+            probe.rmdir()
+        except OSError as err:
+            raise KDError(f"output_dir {base} is not writable ({existing}: {err.strerror or err}); set output_dir "
+                          f"to a folder you can write to") from None
+
+    # ---------------------------------------------------------------- files
+
+    @property
+    def recipe_file(self) -> Path:
+        return self.path / RECIPE
+
+    @property
+    def summary_file(self) -> Path:
+        return self.path / SUMMARY
+
+    @property
+    def localisation_file(self) -> Path:
+        return self.path / "localisation.csv"
+
+    @property
+    def finished(self) -> bool:
+        return self.summary_file.exists()
+
+    def student(self, label: str, seed: int) -> StudentDir:
+        return StudentDir(self.path / student_folder_name(label, seed), label, seed)
+
+    def students(self) -> list[StudentDir]:
+        """Every student folder that holds metrics, in the recipe's order of methods, then by seed."""
+        order = {m: i for i, m in enumerate(self.recipe_mapping().get("methods") or [])}
+        found = []
+        for metrics in self.path.glob("*/metrics.csv"):
+            label, sep, seed = metrics.parent.name.rpartition("-s")
+            if sep and seed.isdigit():
+                found.append(StudentDir(metrics.parent, label, int(seed)))
+        return sorted(found, key=lambda s: (order.get(s.label, len(order)), s.label, s.seed))
+
+    def write_recipe(self, text: str) -> None:
+        write_atomic(self.recipe_file, text.encode())
+
+    def recipe_mapping(self) -> dict:
+        """recipe.yaml as a plain mapping (for reports and resume checks; kd.recipe.load_recipe validates it)."""
+        try:
+            data = yaml.safe_load(self.recipe_file.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            raise KDError(f"{self.recipe_file} cannot be read ({err}); the run directory is damaged") from None
+        if not isinstance(data, dict):
+            raise KDError(f"{self.recipe_file} is not a recipe mapping; the run directory is damaged")
+        return data
+
+    def recipe_differences(self, recipe_yaml: str) -> list[str]:
+        """The top-level keys whose values differ between this run's recipe and `recipe_yaml` (resume ignored)."""
+        ours, theirs = yaml.safe_load(recipe_yaml), self.recipe_mapping()
+        ours.pop("resume", None), theirs.pop("resume", None)
+        return [k for k in dict.fromkeys([*ours, *theirs]) if ours.get(k) != theirs.get(k)]
+
+    def write_summary(self, rows: list[dict]) -> None:
+        import io
+
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomic(self.summary_file, text.getvalue().encode())
+
+    def summary_rows(self) -> list[dict]:
+        if not self.summary_file.is_file():
+            return []
+        with open(self.summary_file, newline="") as f:
+            return list(csv.DictReader(f))
+
+    # ---------------------------------------------------------------- the lock
+
+    def lock(self) -> "RunLock":
+        """Held while a process trains in this directory; a second process gets one line naming the first.
+        An flock dies with its process, so a crash never leaves a lock that blocks a later resume."""
+        return RunLock(self.path / ".lock")
+
+
+class RunLock:
+    def __init__(self, path: Path):
+        self.path = path
+        self.handle = None
+
+    def __enter__(self) -> "RunLock":
+        self.handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "another process"
+            self.handle.close()
+            raise KDError(f"run directory {self.path.parent} is in use by {holder}; wait for it to finish "
+                          f"(or stop it), then resume") from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(f"process {os.getpid()} on {os.uname().nodename}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        self.handle.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:
+            self.handle.close()  # releases the flock
+            self.handle = None
 
 
 class MetricsFile:
@@ -40,6 +262,7 @@ class MetricsFile:
             # a loss term that starts later (after a warm-up): rewrite the file once with the wider header
             self.columns += [k for k in row if k not in self.columns]
             self._rewrite(self.rows())
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
             if new:
@@ -58,14 +281,13 @@ class MetricsFile:
         self._rewrite(rows)
 
     def _rewrite(self, rows: list[dict]) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns, restval="")
-            writer.writeheader()
-            writer.writerows(rows)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        import io
+
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=self.columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomic(self.path, text.getvalue().encode())
 
     def rows(self) -> list[dict]:
         if not self.path.exists():

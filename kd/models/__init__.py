@@ -1,18 +1,14 @@
 """Model zoo: the CIFAR benchmark architectures plus timm:/torchvision: adapters.
 
 `create_model(name, num_classes)` is the only way models are built. Zoo entries are registered with
-`@MODELS.register()` on a factory `f(num_classes: int) -> FeatureModel`; names with a `timm:` or
-`torchvision:` prefix go to the adapters.
+`@MODELS.register()` (kd.models.registry) on a factory `f(num_classes: int) -> FeatureModel`; names with a
+`timm:` or `torchvision:` prefix go to the adapters.
 """
 from __future__ import annotations
 
 from kd.models.features import FeatureModel, Features, require_cam
-from kd.registry import Registry
-
-MODELS: Registry = Registry("model")
-
-# Importing the zoo modules fills MODELS.
-from kd.models import mobilenetv2, resnet, resnet_bottleneck, shufflenetv1, shufflenetv2, vgg, wrn  # noqa: E402,F401
+from kd.models.registry import MODELS
+from kd.models import mobilenetv2, resnet, resnet_bottleneck, shufflenetv1, shufflenetv2, vgg, wrn  # noqa: F401  (registration)
 
 ADAPTER_PREFIXES = ("timm:", "torchvision:")
 

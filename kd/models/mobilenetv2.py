@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kd.models import MODELS
+from kd.models.registry import MODELS
 from kd.models.features import FeatureModel
 from kd.models.init import benchmark_init
 

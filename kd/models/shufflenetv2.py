@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from kd.models import MODELS
+from kd.models.registry import MODELS
 from kd.models.features import FeatureModel
 from kd.models.shufflenetv1 import channel_shuffle
 

@@ -15,6 +15,7 @@ import torch
 from kd.cam import box_scores, caam, cam
 from kd.engine.checkpoint import load_weights, read_checkpoint, state_dict_of
 from kd.engine.device import resolve_hardware
+from kd.engine.rundir import RunDir
 from kd.errors import KDError
 from kd.models import create_model
 
@@ -26,8 +27,8 @@ class SavedRun:
         from kd.data import load_data
         from kd.recipe import load_recipe
 
-        self.run_dir = Path(run_dir)
-        self.recipe = load_recipe(self.run_dir / "recipe.yaml", ["resume=null"])
+        self.run = RunDir.open(run_dir, "report")
+        self.recipe = load_recipe(self.run.recipe_file, ["resume=null"])
         r = self.recipe
         self.data = load_data(r.dataset, r.data_options(), r.data_root, r.download, r.subset_per_class)
         self.hw = resolve_hardware("cpu" if not torch.cuda.is_available() else "auto", "fp32", False)
@@ -41,7 +42,7 @@ class SavedRun:
         """(label, seed, model) for every student with a final checkpoint, in the recipe's order."""
         for label in self.recipe.methods:
             for seed in self.recipe.seeds:
-                path = self.run_dir / f"{label}-s{seed}" / "checkpoints" / "last.pt"
+                path = self.run.student(label, seed).last_checkpoint
                 if not path.is_file():
                     continue
                 model = create_model(self.recipe.student, self.data.num_classes)
@@ -86,7 +87,7 @@ def localisation(run_dir: Path, batch: int = 500) -> pd.DataFrame | None:
             rows.append({"method": label, "seed": seed, "loc_energy": 100 * torch.cat(energy).mean().item(),
                          "loc_pointing": 100 * torch.cat(pointing).mean().item()})
     table = pd.DataFrame(rows)
-    table.to_csv(Path(run_dir) / "localisation.csv", index=False)
+    table.to_csv(run.run.localisation_file, index=False)
     return table
 
 
@@ -160,8 +161,8 @@ def plot_cams(run_dir: Path, path: Path, count: int = 6) -> Path | None:
 def localisation_columns(run_dirs) -> pd.DataFrame | None:
     """Mean localisation scores per method over the given runs (computing missing ones), or None."""
     frames = []
-    for run_dir in map(Path, run_dirs):
-        saved = run_dir / "localisation.csv"
+    for run_dir in run_dirs:
+        saved = RunDir(run_dir).localisation_file
         try:
             frame = pd.read_csv(saved) if saved.is_file() else localisation(run_dir)
         except KDError:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from kd.pairs import ROOT
+from kd import home
 
-PUBLISHED = ROOT / "results" / "published_cifar100.csv"
+PUBLISHED = home.find("results/published_cifar100.csv")
 ORDER = ["teacher", "vanilla", "kd", "fitnets", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "crd", "dkd"]
 
 

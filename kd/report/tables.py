@@ -9,11 +9,10 @@ parameters. Runs of several directories merge into one table.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pandas as pd
-import yaml
 
+from kd.engine.rundir import RunDir
 from kd.errors import KDError
 
 CONVERGENCE = (90, 95, 100)
@@ -22,33 +21,23 @@ CONVERGENCE = (90, 95, 100)
 def load_metrics(run_dirs) -> pd.DataFrame:
     """Every epoch of every student of the given run directories, one row each."""
     frames = []
-    for run_dir in map(Path, run_dirs):
-        if not (run_dir / "recipe.yaml").is_file():
-            raise KDError(f"{run_dir} is not a run directory (no recipe.yaml); pass the folder a run printed")
-        recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text()) or {}
-        summary = pd.read_csv(run_dir / "summary.csv") if (run_dir / "summary.csv").is_file() else None
-        order = {m: i for i, m in enumerate(recipe.get("methods") or [])}
-
-        def position(path: Path):
-            label, _, seed = path.parent.name.rpartition("-s")
-            return order.get(label, len(order)), label, int(seed) if seed.isdigit() else 0
-
-        for metrics in sorted(run_dir.glob("*/metrics.csv"), key=position):
-            label, _, seed = metrics.parent.name.rpartition("-s")
-            frame = pd.read_csv(metrics)
+    for run in (RunDir.open(path, "report") for path in run_dirs):
+        recipe = run.recipe_mapping()
+        summary = {(r["method"], int(r["seed"])): r for r in run.summary_rows()}
+        for student in run.students():
+            frame = pd.read_csv(student.metrics_file)
             if frame.empty:
                 continue
-            frame.insert(0, "method", label)
-            frame.insert(1, "seed", int(seed))
-            frame.insert(2, "run", str(run_dir))
+            frame.insert(0, "method", student.label)
+            frame.insert(1, "seed", student.seed)
+            frame.insert(2, "run", str(run))
             frame["student"] = recipe.get("student")
             frame["teacher"] = recipe.get("teacher")
             frame["dataset"] = recipe.get("dataset")
-            if summary is not None:
-                match = summary[(summary["method"] == label) & (summary["seed"] == int(seed))]
-                if len(match):
-                    frame["teacher_top1"] = match["teacher_top1"].iloc[0]
-                    frame["extra_params"] = match["extra_params"].iloc[0]
+            match = summary.get((student.label, student.seed))
+            if match is not None:
+                frame["teacher_top1"] = float(match["teacher_top1"]) if match["teacher_top1"] else math.nan
+                frame["extra_params"] = int(match["extra_params"])
             frames.append(frame)
     if not frames:
         raise KDError(f"no metrics.csv under {', '.join(map(str, run_dirs))}; nothing to report")
