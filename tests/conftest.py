@@ -1,5 +1,5 @@
 """Shared test helpers. ../shared (fixtures, data) sits beside the repository in CI; tests that need it
-skip when it is absent (a user's machine)."""
+skip when it is absent on a user's machine, and fail when it is absent under CI=true."""
 from __future__ import annotations
 
 import json
@@ -18,8 +18,11 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 def shared_file(*parts: str) -> Path:
+    """A file of ../shared; a test that needs one skips on a user's machine without it, but fails in CI."""
     path = SHARED.joinpath(*parts)
     if not path.exists():
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{path} is missing: CI runs with ../shared beside the repository")
         pytest.skip(f"{path} is not available (it ships beside the repository in CI)")
     return path
 

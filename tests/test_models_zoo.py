@@ -1,13 +1,12 @@
 """The CIFAR-100 benchmark zoo: exact architectures (so published checkpoints load) and the feature interface.
 
 The architecture facts come from ../shared/fixtures/cifar100_benchmark_models.json (recorded from the
-benchmark's reference code); tests that need it are skipped where that file is absent.
+benchmark's reference code); tests that need it skip where that file is absent, and fail under CI.
 """
 from __future__ import annotations
 
 import json
 from functools import lru_cache
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,28 +14,24 @@ from torch import nn
 
 from kd.models import MODELS, create_model
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cifar100_benchmark_models.json"
+from conftest import shared_file
+
 ZOO = MODELS.names()
 
 
 @lru_cache(maxsize=1)
-def _fixture() -> dict | None:
-    return json.loads(FIXTURE.read_text()) if FIXTURE.is_file() else None
+def _fixture() -> dict:
+    return json.loads(shared_file("fixtures", "cifar100_benchmark_models.json").read_text())
 
 
 def fixture_for(name: str) -> dict:
     data = _fixture()
-    if data is None:
-        pytest.skip(f"benchmark fixture not present at {FIXTURE}")
     assert name in data, f"zoo model '{name}' is not in the benchmark fixture"
     return data[name]
 
 
 def test_zoo_names_are_the_benchmark_names():
-    data = _fixture()
-    if data is None:
-        pytest.skip(f"benchmark fixture not present at {FIXTURE}")
-    assert sorted(data) == sorted(ZOO)
+    assert sorted(_fixture()) == sorted(ZOO)
 
 
 @pytest.mark.parametrize("name", ZOO)

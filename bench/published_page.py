@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Build results/published.md and results/published_cifar100.csv from the benchmark's published numbers.
 
-    python bench/published.py [PATH/published_cifar100.csv]   (default: ../shared/fixtures/published_cifar100.csv)
+    python bench/published_page.py [PATH/published_cifar100.csv]   (default: ../shared/fixtures/published_cifar100.csv)
 """
 import shutil
 import sys
@@ -14,6 +14,6 @@ from kd.report.published import PUBLISHED, load_published, published_markdown  #
 
 source = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT.parent / "shared" / "fixtures" / "published_cifar100.csv"
 shutil.copy(source, PUBLISHED)
-text = published_markdown(load_published(), "python bench/published.py")
+text = published_markdown(load_published(), "python bench/published_page.py")
 (ROOT / "results" / "published.md").write_text(text)
 print(text)
