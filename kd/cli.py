@@ -26,6 +26,9 @@ class ArgumentParser(argparse.ArgumentParser):
 def make_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="run_kd.py", description="kd: knowledge distillation for image classifiers")
     parser.add_argument("--debug", action="store_true", help="show tracebacks (any position)")
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="FILE_OR_MODULE",
+                        help="import a .py file or module first, e.g. one that registers your own distiller "
+                             "(as a recipe's imports: key does); repeatable")
     sub = parser.add_subparsers(dest="command", parser_class=ArgumentParser)
     run = sub.add_parser("run", help="train the students of a recipe")
     run.add_argument("recipe", nargs="?", help="recipe YAML file (optional with --resume)")
@@ -59,12 +62,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    # `run_kd.py RECIPE.yaml ...` and `run_kd.py --resume DIR` are short for `run_kd.py run ...`
-    first = next((a for a in argv if not a.startswith("-")), None)
-    if (first is not None and first not in COMMANDS) or (argv and argv[0] == "--resume"):
-        argv.insert(0, "run")
     try:
+        argv, imports = split_imports(argv)
+        # `run_kd.py RECIPE.yaml ...` and `run_kd.py --resume DIR` are short for `run_kd.py run ...`
+        first = next((a for a in argv if not a.startswith("-")), None)
+        if (first is not None and first not in COMMANDS) or (argv and argv[0] == "--resume"):
+            argv.insert(0, "run")
         args = make_parser().parse_args(argv)
+        if imports:
+            from kd.recipe import run_imports
+
+            run_imports(imports, "--import")
         if args.command is None:
             make_parser().print_help()
             return 0
@@ -79,6 +87,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished epochs are kept in the run directory", file=sys.stderr)
         return 130
+
+
+def split_imports(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the other arguments, the values of every `--import X` / `--import=X`, which may stand anywhere)."""
+    rest, imports = [], []
+    items = iter(argv)
+    for arg in items:
+        if arg == "--import":
+            value = next(items, None)
+            if value is None:
+                raise KDError("--import needs a value: a .py file or a module name")
+            imports.append(value)
+        elif arg.startswith("--import="):
+            imports.append(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+    return rest, imports
 
 
 def console():
@@ -176,7 +201,7 @@ def cmd_bench(args) -> int:
     con = console()
     result = bench_pair(recipe, args.steps, args.rounds, console=con)
     path = write_bench(result, args.pair, Path(args.out), command_line())
-    con.print(path.read_text())
+    con.print(path.read_text(), markup=False)
     return 0
 
 
@@ -212,6 +237,7 @@ def cmd_teacher(args) -> int:
 
 
 def cmd_list(args) -> int:
+    from rich.markup import escape
     from rich.table import Table
 
     from kd import home
@@ -229,14 +255,14 @@ def cmd_list(args) -> int:
         for name in DATASETS.names():
             source = DATASETS.get(name)
             options = ", ".join(f"{n}={d}" for n, _, d, _ in describe(source.Options))
-            con.print(f"[bold]data set[/] {name}: {source.summary()}" + (f"  ({options})" if options else ""))
+            con.print(f"[bold]data set[/] {name}: {escape(source.summary())}" + (f"  ({escape(options)})" if options else ""))
     if what in ("all", "distillers"):
         for name in DISTILLERS.names():
             cls = DISTILLERS.get(name)
             options = ", ".join(f"{n}={d}" for n, _, d, _ in describe(cls.Options))
-            groups = f" [{', '.join(cls.groups)}]" if cls.groups else ""
-            paper = f"\n    paper: {cls.paper}" if cls.paper and cls.paper != "-" else ""
-            con.print(f"[bold]distiller[/] {name}{groups}: {cls.summary()}{paper}\n    options: {options}")
+            groups = escape(f" [{', '.join(cls.groups)}]") if cls.groups else ""
+            paper = f"\n    paper: {escape(cls.paper)}" if cls.paper and cls.paper != "-" else ""
+            con.print(f"[bold]distiller[/] {name}{groups}: {escape(cls.summary())}{paper}\n    options: {escape(options)}")
         con.print("[bold]method groups[/] (methods: [group]): all: every distiller; "
                   + "; ".join(f"{g}: {about}" for g, about in GROUPS.items()))
     if what in ("all", "pairs"):

@@ -153,32 +153,58 @@ def is_section(key: str) -> bool:
 def run_imports(imports, source: str) -> list[str]:
     """Import the recipe's `imports`: .py files relative to the recipe, or dotted module names.
 
-    Returns the entries with files made absolute, so the resolved recipe works from the run directory."""
+    Returns the entries with files made absolute, so the resolved recipe works from the run directory.
+    A file or module that fails to import (syntax error, missing dependency, an error it raises, a name it
+    registers that is taken) is one KDError line naming it."""
     import importlib
     import importlib.util
     import sys
 
-    base = Path(source).parent if source and source != "recipe" else Path.cwd()
+    base = Path(source).parent if source and source not in ("recipe", "--import") else Path.cwd()
     resolved = []
     for entry in imports:
         resolved.append(str((base / entry).resolve()) if entry.endswith(".py") else entry)
+        where = f"{source}: imports entry '{entry}'"
         if entry.endswith(".py"):
             path = (base / entry).resolve()
             if not path.is_file():
-                raise KDError(f"{source}: imports entry '{entry}' is not a file (looked for {path})")
+                raise KDError(f"{where} is not a file (looked for {path})")
             name = f"kd_user_{path.stem}"
             if name in sys.modules:
                 continue
             spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(spec)
             sys.modules[name] = module
-            spec.loader.exec_module(module)
+            try:
+                spec.loader.exec_module(module)
+            except Exception as err:
+                del sys.modules[name]
+                raise import_failure(where, err) from err
         else:
             try:
                 importlib.import_module(entry)
-            except ImportError as err:
-                raise KDError(f"{source}: imports entry '{entry}' cannot be imported ({err})") from None
+            except ModuleNotFoundError as err:
+                if err.name and entry.startswith(err.name):
+                    raise KDError(f"{where} cannot be imported: no module named '{err.name}'; check the name, "
+                                  f"or give a .py file") from None
+                raise import_failure(where, err) from err
+            except Exception as err:
+                raise import_failure(where, err) from err
     return resolved
+
+
+def import_failure(where: str, err: Exception) -> KDError:
+    """One line for a user's file or module that failed to import."""
+    if isinstance(err, KDError):
+        return KDError(f"{where}: {err}")
+    if isinstance(err, SyntaxError):
+        return KDError(f"{where} has a syntax error at line {err.lineno} ({err.msg}); fix the file")
+    if isinstance(err, ModuleNotFoundError):
+        return KDError(f"{where} needs the module '{err.name}', which is not installed; install it "
+                       f"(pip install ...) or remove that import")
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return KDError(f"{where} raised {type(err).__name__}{': ' + first if first else ''} while being imported; "
+                   f"fix the file (--debug shows the traceback)")
 
 
 def recipe_from_mapping(data: dict, source: str = "recipe", lines: dict | None = None) -> Recipe:
