@@ -23,17 +23,18 @@ Conventions and defaults. The reference is the DKD authors' toolkit (mdistiller)
 ../shared/fixtures come from it, and tests/test_distillers_reviewkd.py checks them:
 - feat_weight 1, ce_weight 1, warmup_epochs 20: the toolkit's defaults (REVIEWKD_WEIGHT, CE_WEIGHT,
   WARMUP_EPOCHS; also the authors' --kd-loss-weight default). Both code bases tune the weight per pair.
-  Their CIFAR-100 scripts and configs use 5 for resnet32x4->resnet8x4, wrn_40_2->wrn_16_2/wrn_40_1 and
-  ->ShuffleV1, 8 for resnet32x4->ShuffleV2, 0.6 for resnet56->resnet20 and 1 for resnet110->resnet32.
-  Set reviewkd.feat_weight per pair to reproduce them.
+  The authors' CIFAR-100 script uses 5 for resnet32x4->resnet8x4, resnet32x4->ShuffleV1 and
+  wrn_40_2->wrn_16_2 / wrn_40_1 / ShuffleV1, 8 for resnet32x4->ShuffleV2, 0.6 for resnet56->resnet20 and
+  1 for resnet110->resnet32. The toolkit's shipped resnet32x4->resnet8x4 config also sets 5. Set
+  reviewkd.feat_weight per pair to reproduce them.
 - Warm-up: the reference multiplies the review term by min(epoch / 20, 1) with epochs counted from 1
   (0.05 in the first epoch, full weight from the 20th on). kd's `epoch` counts from 0, so the factor here
   is min((epoch + 1) / warmup_epochs, 1), the same schedule; warmup_epochs = 0 turns it off. (The authors'
   own CIFAR script counts from 0 with the same formula, which makes the first epoch's factor 0; we follow
   the toolkit the fixtures come from.) The warm-up scales the review term only, never CE.
 - Middle channels: min(max_mid_channels, channels of the student's pooled feature), max 512 as in both
-  reference implementations: 256 for resnet8x4, 64 for resnet8/20/32, 512 for ShuffleV1/V2, MobileNetV2
-  and VGG.
+  reference implementations: 256 for resnet8x4, 64 for resnet8/20/32 and wrn_40_1, 128 for wrn_16_2,
+  512 for ShuffleV1/V2, MobileNetV2 and VGG.
 - ABF initialisation as in the reference: Kaiming-uniform (a=1) on the 1x1 and 3x3 conv weights, PyTorch's
   defaults on the attention conv and the BatchNorms. The ABFs are child modules (`abfs`, one per level,
   shallow to deep): counted by extra_parameter_count(), optimised with the student, checkpointed with it,
@@ -41,15 +42,15 @@ Conventions and defaults. The reference is the DKD authors' toolkit (mdistiller)
 - Which maps. The student's maps are kd's stage outputs (post-ReLU for ResNets, VGG and ShuffleNets), as in
   the reference, which uses the student's post-activation features. The pooled feature is pre_pool averaged
   over H x W: for every kd zoo model, exactly the vector the classifier reads, as in the reference.
-  DEVIATION: the reference feeds the TEACHER's pre-activation stage maps (taken before the last ReLU of
-  each stage). kd's feature interface gives the post-activation stage outputs, so those are used here:
+  DEVIATION: the reference feeds the TEACHER's pre-activation stage maps (for ResNets, the last block's
+  sum before its ReLU). kd's feature interface gives the post-activation stage outputs, so those are used here:
   the teacher targets are non-negative, while the reference's targets also carry the negative responses
   that the ReLU removes. The teacher's pooled level is the same as the reference's (post-activation, the
   classifier's input). This does not apply to the HCL fixture, which covers already fused maps.
 - Pairing. Level k of the student goes with level k of the teacher (the pooled level with the pooled one),
   so both must have the same number of stages. That covers every pair the reference supports: ResNet/WRN
-  and ShuffleV1/V2 with 3 stages, VGG and MobileNetV2 with 4. The shapes come from one probe pass
-  (probe_shapes), never from per-architecture tables. The reference drops the student's stem map (its zip
+  and ShuffleV1/V2 with 3 stages; VGG, MobileNetV2 and ResNet50 with 4. The shapes come from one probe pass
+  (kd.distillers.base.probe), never from per-architecture tables. The reference drops the student's stem map (its zip
   stops one level short); kd's stages never include the stem. Unequal stage counts are refused,
   with the stage shapes listed. Use reviewkd.student_stages / reviewkd.teacher_stages (stage indices,
   shallow to deep, negative from the end, equal lengths) to choose the levels. A fused map is enlarged to
@@ -57,7 +58,11 @@ Conventions and defaults. The reference is the DKD authors' toolkit (mdistiller)
   whose maps are half the teacher's. The reference never shrinks one, so a student level larger than its
   teacher level is refused rather than subsampled.
 - Losses are computed in float32 (the ABFs run in the network's precision under autocast). The teacher's
-  maps are detached.
+  maps are detached. The deepest ABF's BatchNorms see 1x1 maps, so training needs batches of 2 or more
+  images (kd's loaders skip a final 1-image training batch).
+- Cost: the ABFs often outweigh the student. For resnet8 <- resnet14 they add 114,278 parameters (the
+  student has 83,892) and 37.5 MFLOPs per 32x32 image (the student's forward: 25.0). Most of that comes
+  from the shallowest level: mid-width (64) maps at 32x32 and a 3x3 projection.
 """
 from __future__ import annotations
 
@@ -214,7 +219,8 @@ def plan_review(student: nn.Module, teacher: nn.Module, options: ReviewKDOptions
                           f"the teacher's size (nearest upsampling, as the reference); choose "
                           f"reviewkd.student_stages / reviewkd.teacher_stages so that no student stage is larger "
                           f"than its teacher stage ({listing})")
-    return ReviewPlan(s_idx, t_idx, [s_shapes[i] for i in s_idx] + [s_pooled], [t_shapes[i] for i in t_idx] + [t_pooled])
+    return ReviewPlan(s_idx, t_idx, [s_shapes[i] for i in s_idx] + [s_pooled],
+                      [t_shapes[i] for i in t_idx] + [t_pooled])
 
 
 def review_levels(out: Features, stages: list[int]) -> list[torch.Tensor]:
@@ -224,7 +230,7 @@ def review_levels(out: Features, stages: list[int]) -> list[torch.Tensor]:
 
 @DISTILLERS.register("reviewkd", options=ReviewKDOptions)
 class ReviewKD(Distiller):
-    """Knowledge review: ABF modules fuse each student level with its deeper ones, matched to the teacher's levels by HCL."""
+    """Knowledge review: ABF modules fuse each student level with its deeper ones; HCL matches them to the teacher's."""
 
     groups = ("feature",)
     paper = "Chen, Liu, Zhao & Jia, CVPR 2021, Distilling Knowledge via Knowledge Review"
