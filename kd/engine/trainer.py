@@ -29,8 +29,13 @@ def teacher_pass(teacher: nn.Module, images: torch.Tensor, hw: Hardware) -> Feat
     """
     with torch.inference_mode(), hw.autocast():
         out = teacher.forward_features(images)
-    return Features(out.logits.clone(), [s.clone() for s in out.stages],
-                    None if out.pre_pool is None else out.pre_pool.clone(), out.classifier)
+    stages = [s.clone() for s in out.stages]
+    preact = None
+    if out.preact_stages is not None:  # a pre-ReLU map that IS a stage map (MobileNetV2) is not copied twice
+        same = {id(s): c for s, c in zip(out.stages, stages)}
+        preact = [same[id(p)] if id(p) in same else p.clone() for p in out.preact_stages]
+    return Features(out.logits.clone(), stages, None if out.pre_pool is None else out.pre_pool.clone(),
+                    out.classifier, preact)
 
 
 def train_step(m: Trainee, hw: Hardware, images, targets, t_out: Features | None, epoch: int, index=None):

@@ -5,11 +5,18 @@
 - stages      stage outputs, shallow to deep (what FitNets and AT read)
 - pre_pool    (B, K, H, W), the exact tensor global average pooling consumes (what CAM reads),
               or None when the model has no such tensor
+- preact_stages  optional: each stage's map BEFORE the ReLU that ends it (what OFD reads), one per
+              stage, or None when the model cannot give them (the default; adapters never do)
 and `model.get_classifier()` is the final nn.Linear, so that for every model with a GAP -> Linear head
     classifier(pre_pool.mean((2, 3))) == logits.
 A model whose head is anything else sets `cam_unavailable` to a sentence saying why, and CAM-based
 distillers refuse it with that sentence. `forward(x)` returns logits only, so the models stay ordinary
 classifiers (checkpoints, torch.compile, evaluation).
+
+Pre-ReLU maps: a model that can give them returns them as a third item of `body` (tensors that exist in
+the forward pass anyway: nothing extra is computed for them), and `model.bn_before_relu()` lists, per
+stage, the BatchNorm whose output (plus the shortcut, in residual nets) that ReLU acts on; OFD derives the
+teacher's margins from those BNs. Which models give what is documented in kd/distillers/ofd.py.
 """
 from __future__ import annotations
 
@@ -27,15 +34,16 @@ class Features:
     stages: list[torch.Tensor]
     pre_pool: torch.Tensor | None
     classifier: nn.Linear | None
+    preact_stages: list[torch.Tensor] | None = None  # stage maps before their last ReLU (see above)
 
 
 class FeatureModel(nn.Module):
     """Base of every model in the toolkit.
 
-    Subclasses implement `body(x) -> (stages, pre_pool)` and set `self.classifier_name`, the
-    attribute path of the final Linear (kept at the benchmark's own name so that published
-    checkpoints load unchanged). The head is always GAP -> flatten -> Linear unless a subclass
-    overrides `head`.
+    Subclasses implement `body(x) -> (stages, pre_pool)`, or `(stages, pre_pool, preact_stages)` where
+    they can give pre-ReLU maps, and set `self.classifier_name`, the attribute path of the final Linear
+    (kept at the benchmark's own name so that published checkpoints load unchanged). The head is always
+    GAP -> flatten -> Linear unless a subclass overrides `head`.
     """
 
     classifier_name = "fc"
@@ -43,6 +51,11 @@ class FeatureModel(nn.Module):
 
     def body(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         raise NotImplementedError
+
+    def bn_before_relu(self) -> list[nn.BatchNorm2d] | None:
+        """Per stage, the BatchNorm feeding the ReLU that ends it (aligned with `preact_stages`); None when the
+        model has no such BN for every stage."""
+        return None
 
     def get_classifier(self) -> nn.Linear | None:
         module: nn.Module = self
@@ -54,8 +67,8 @@ class FeatureModel(nn.Module):
         return self.get_classifier()(torch.flatten(nn.functional.adaptive_avg_pool2d(pre_pool, 1), 1))
 
     def forward_features(self, x: torch.Tensor) -> Features:
-        stages, pre_pool = self.body(x)
-        return Features(self.head(pre_pool), stages, pre_pool, self.get_classifier())
+        stages, pre_pool, *preact = self.body(x)
+        return Features(self.head(pre_pool), stages, pre_pool, self.get_classifier(), preact[0] if preact else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x)[1])

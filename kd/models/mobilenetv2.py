@@ -68,14 +68,16 @@ class MobileNetV2(FeatureModel):
         # The benchmark's initialisation: He normal (fan_out) convs, identity BN, Linear N(0, 0.01).
         benchmark_init(self, linear="normal")
 
-    def body(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def body(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
         x = self.conv1(x)
         stages = []
         for i, stage in enumerate(self.blocks):
             x = stage(x)
             if i in _TAPS:
                 stages.append(x)
-        return stages, self.conv2(x)  # GAP consumes the 1280-channel map, not the last stage
+        # Linear bottlenecks: no ReLU ends a stage, so each stage map is its own pre-ReLU map (OFD's student
+        # side). There is no ReLU, hence no margin: bn_before_relu() stays None and OFD refuses it as teacher.
+        return stages, self.conv2(x), list(stages)  # GAP consumes the 1280-channel map, not the last stage
 
 
 @MODELS.register("MobileNetV2")

@@ -35,11 +35,15 @@ class BasicBlock(nn.Module):
         if stride != 1 or cin != cout:
             self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def preact(self, x: torch.Tensor) -> torch.Tensor:
+        """bn2(...) + shortcut: the block's output before its final ReLU."""
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + shortcut)
+        return out + shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.preact(x))  # in place: nothing else holds the sum
 
 
 class CifarResNet(FeatureModel):
@@ -65,13 +69,23 @@ class CifarResNet(FeatureModel):
         # training from scratch reproduces its teachers; Linear keeps PyTorch's default.
         benchmark_init(self)
 
-    def body(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def body(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
         x = self.relu(self.bn1(self.conv1(x)))
-        stages = []
+        stages, preacts = [], []
         for layer in (self.layer1, self.layer2, self.layer3):
-            x = layer(x)
+            *blocks, last = layer
+            for block in blocks:
+                x = block(x)
+            # The group's last ReLU runs out of place, so the sum it reads survives as the pre-ReLU map
+            # (OFD); the block's own in-place ReLU would overwrite it.
+            pre = last.preact(x)
+            x = torch.relu(pre)
             stages.append(x)  # post-ReLU group output, as the benchmark's feature list has it
-        return stages, x
+            preacts.append(pre)
+        return stages, x, preacts
+
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        return [layer[-1].bn2 for layer in (self.layer1, self.layer2, self.layer3)]
 
 
 _THIN = (16, 16, 32, 64)

@@ -35,11 +35,15 @@ class Bottleneck(nn.Module):
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def preact(self, x: torch.Tensor) -> torch.Tensor:
+        """bn3(...) + shortcut: the block's output before its final ReLU."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return F.relu(out + self.shortcut(x))
+        return out + self.shortcut(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.preact(x))
 
 
 class BottleneckResNet(FeatureModel):
@@ -62,13 +66,21 @@ class BottleneckResNet(FeatureModel):
         # The benchmark's initialisation: He normal (fan_out) convs, identity BN, default Linear.
         benchmark_init(self)
 
-    def body(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def body(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
         x = F.relu(self.bn1(self.conv1(x)))
-        stages = []
+        stages, preacts = [], []
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x = layer(x)
+            *blocks, last = layer
+            for block in blocks:
+                x = block(x)
+            pre = last.preact(x)  # kept as the stage's pre-ReLU map (OFD); the ReLU is out of place
+            x = F.relu(pre)
             stages.append(x)
-        return stages, x
+            preacts.append(pre)
+        return stages, x, preacts
+
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        return [layer[-1].bn3 for layer in (self.layer1, self.layer2, self.layer3, self.layer4)]
 
 
 @MODELS.register("ResNet50")

@@ -37,13 +37,17 @@ class ShuffleUnit(nn.Module):
         self.conv3 = nn.Conv2d(mid, branch, 1, groups=groups, bias=False)
         self.bn3 = nn.BatchNorm2d(branch)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def preact(self, x: torch.Tensor) -> torch.Tensor:
+        """The unit's output before its final ReLU."""
         out = channel_shuffle(F.relu(self.bn1(self.conv1(x))), self.g1)
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         if self.stride == 2:
-            return F.relu(torch.cat([out, F.avg_pool2d(x, 3, stride=2, padding=1)], 1))
-        return F.relu(out + x)
+            return torch.cat([out, F.avg_pool2d(x, 3, stride=2, padding=1)], 1)
+        return out + x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.preact(x))
 
 
 class ShuffleNetV1(FeatureModel):
@@ -65,13 +69,20 @@ class ShuffleNetV1(FeatureModel):
         self.linear = nn.Linear(cin, num_classes)
         # PyTorch's default initialisation, as the benchmark uses for this net.
 
-    def body(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def body(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
         x = F.relu(self.bn1(self.conv1(x)))
-        stages = []
+        stages, preacts = [], []
         for layer in (self.layer1, self.layer2, self.layer3):
-            x = layer(x)
+            *units, last = layer
+            for unit in units:
+                x = unit(x)
+            pre = last.preact(x)  # kept as the stage's pre-ReLU map (OFD's student side)
+            x = F.relu(pre)
             stages.append(x)
-        return stages, x
+            preacts.append(pre)
+        # No bn_before_relu() (so no OFD margins): the benchmark's OFD refuses ShuffleNets as teachers, and
+        # kd follows it rather than guess which BN should stand for the sum of branch and shortcut.
+        return stages, x, preacts
 
 
 @MODELS.register("ShuffleV1")

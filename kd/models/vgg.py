@@ -48,15 +48,20 @@ class VGG(FeatureModel):
         # Linear N(0, 0.01) with zero bias.
         benchmark_init(self, linear="normal")
 
-    def body(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def body(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
         x = F.relu(self.block0(x))
-        stages = []
+        stages, preacts = [], []
         for block, pool in ((self.block1, True), (self.block2, True), (self.block3, True), (self.block4, False)):
             # Max-pool before blocks 1-3 only. The benchmark also pools before block4, but only when
             # the input is exactly 64 px high; we keep one architecture for every input size.
-            x = F.relu(block(F.max_pool2d(x, 2) if pool else x))
+            pre = block(F.max_pool2d(x, 2) if pool else x)  # ends in a BN: the pre-ReLU map (OFD)
+            x = F.relu(pre)
             stages.append(x)
-        return stages, x  # block4's ReLU output is what GAP consumes
+            preacts.append(pre)
+        return stages, x, preacts  # block4's ReLU output is what GAP consumes
+
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        return [self.block1[-1], self.block2[-1], self.block3[-1], self.block4[-1]]
 
 
 @MODELS.register("vgg8")

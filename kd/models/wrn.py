@@ -27,7 +27,11 @@ class PreActBlock(nn.Module):
             self.convShortcut = nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = F.relu(self.bn1(x))
+        return self.after_bn1(x, self.bn1(x))
+
+    def after_bn1(self, x: torch.Tensor, bn1_x: torch.Tensor) -> torch.Tensor:
+        """The block, given bn1(x): WideResNet.body computes bn1 itself where its output is a pre-ReLU map."""
+        pre = F.relu(bn1_x)
         out = self.conv2(F.relu(self.bn2(self.conv1(pre))))
         # Where the width changes, the projection reads the *pre-activated* input (BN1+ReLU of x),
         # as in the reference WRN; an identity shortcut carries the raw x.
@@ -64,13 +68,26 @@ class WideResNet(FeatureModel):
         # The benchmark's initialisation: He normal (fan_out) convs, identity BN, zero Linear bias.
         benchmark_init(self, linear="zero_bias")
 
-    def body(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def body(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
         x = self.conv1(x)
-        stages = []
+        stages, preacts = [], []
         for group in (self.block1, self.block2, self.block3):
-            x = group(x)
+            first, *rest = group.layer
+            bn1_x = first.bn1(x)
+            if stages:
+                # A stage ends without a ReLU; the first ReLU after it acts on the next group's first BN, so
+                # that BN's output is the stage's pre-ReLU map (OFD), as in the reference WRN.
+                preacts.append(bn1_x)
+            x = first.after_bn1(x, bn1_x)
+            for block in rest:
+                x = block(x)
             stages.append(x)  # group output before any BN+ReLU, as the benchmark exposes it
-        return stages, F.relu(self.bn1(x))  # GAP consumes the activated map, not the last stage
+        last = self.bn1(x)
+        preacts.append(last)  # the last stage's: the final BN before the head's ReLU
+        return stages, F.relu(last), preacts  # GAP consumes the activated map, not the last stage
+
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        return [self.block2.layer[0].bn1, self.block3.layer[0].bn1, self.bn1]
 
 
 @MODELS.register("wrn_16_1")
