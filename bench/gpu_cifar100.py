@@ -72,7 +72,7 @@ def main() -> None:
                          "projected_240_min": 240 * 50000 / images_per_s / 60, "wall_s": wall})
             print(rows[-1], flush=True)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "CPU"
-    lines = [f"# GPU throughput: CIFAR-100 resnet32x4 -> resnet8x4, batch 64", "",
+    lines = ["# GPU throughput: CIFAR-100 resnet32x4 -> resnet8x4, batch 64", "",
              f"Made by `python bench/gpu_cifar100.py {' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d')}: {device}, "
              f"torch {torch.__version__}; synthetic CIFAR-100-shaped data ({args.train_size} train images), random teacher.", "",
              "Projected = 240 epochs of CIFAR-100's 50,000 training images at the images/s of the epochs after the "

@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from kd.distillers.base import BaseOptions, Distiller, Shape, describe_stages, pick_stage, probe_shapes
+from kd.distillers.base import BaseOptions, Distiller, choose_stage_pairs, probe_shapes
 from kd.distillers.registry import DISTILLERS
-from kd.errors import KDError
 
 
 def attention_map(feature: torch.Tensor, p: float = 2.0) -> torch.Tensor:
@@ -60,26 +59,6 @@ class ATOptions(BaseOptions):
     pairs: list[list[int]] | None = field(default=None, metadata={"help": "[student, teacher] stage index pairs, e.g. [[0, 0], [1, 1]] (negative: from the end); null: every stage with the same index from the end (needs equal stage counts)"})
 
 
-def choose_pairs(student: list[Shape], teacher: list[Shape], pairs: list[list[int]] | None) -> list[tuple[int, int]]:
-    """The (student stage, teacher stage) pairs to match, as non-negative indices."""
-    listing = f"student stages: {describe_stages(student)}; teacher stages: {describe_stages(teacher)}"
-    if pairs is None:
-        if len(student) != len(teacher) or not student:
-            raise KDError(f"at: the student has {len(student)} stages and the teacher {len(teacher)}, so stages cannot be "
-                          f"paired by default; set at.pairs to [student, teacher] index pairs, e.g. "
-                          f"at.pairs=[[0, 1], [1, 2]] ({listing})")
-        # Equal counts: the same index from the end is the same index from the start.
-        return [(i, i) for i in range(len(student))]
-    if not pairs:
-        raise KDError(f"at.pairs is empty; list at least one [student, teacher] pair or set it to null ({listing})")
-    chosen = []
-    for pair in pairs:
-        if len(pair) != 2:
-            raise KDError(f"at.pairs: each entry must be [student_index, teacher_index], got {pair} ({listing})")
-        chosen.append((pick_stage(pair[0], student, "student", "at.pairs"), pick_stage(pair[1], teacher, "teacher", "at.pairs")))
-    return chosen
-
-
 @DISTILLERS.register("at", options=ATOptions)
 class AT(Distiller):
     """Attention transfer: the student matches the teacher's spatial attention maps (channel mean of |f|^p) stage by stage."""
@@ -89,12 +68,12 @@ class AT(Distiller):
 
     def __init__(self, student, teacher, options, data):
         super().__init__(student, teacher, options, data)
-        self.pairs = choose_pairs(probe_shapes(student, data.input_size), probe_shapes(teacher, data.input_size),
-                                  options.pairs)
+        self.pairs = choose_stage_pairs("at", probe_shapes(student, data.input_size),
+                                        probe_shapes(teacher, data.input_size), options.pairs)
 
     @classmethod
     def check_models(cls, student, teacher, options, data):
-        choose_pairs(probe_shapes(student, data.input_size), probe_shapes(teacher, data.input_size), options.pairs)
+        choose_stage_pairs("at", probe_shapes(student, data.input_size), probe_shapes(teacher, data.input_size), options.pairs)
 
     def forward(self, images, targets, teacher, epoch=0):
         o = self.options

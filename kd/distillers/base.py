@@ -57,6 +57,47 @@ def pick_stage(index: int, shapes: list[Shape], role: str, option: str) -> int:
     return index % n
 
 
+def choose_stage_pairs(method: str, student: list[Shape], teacher: list[Shape],
+                       pairs: list[list[int]] | None) -> list[tuple[int, int]]:
+    """(student stage, teacher stage) pairs as non-negative indices: `pairs` as given (negative indices count
+    from the end), or with None every stage with the same index, which needs equal stage counts (then the same
+    index from the end is the same index from the start). Never a silent zip: anything else is one KDError
+    that names `<method>.pairs` and lists both networks' stage shapes."""
+    option = f"{method}.pairs"
+    listing = f"student stages: {describe_stages(student)}; teacher stages: {describe_stages(teacher)}"
+    if pairs is None:
+        if len(student) != len(teacher) or not student:
+            raise KDError(f"{method}: the student has {len(student)} stages and the teacher {len(teacher)}, so stages "
+                          f"cannot be paired by default; set {option} to [student, teacher] index pairs, e.g. "
+                          f"{option}=[[0, 1], [1, 2]] ({listing})")
+        return [(i, i) for i in range(len(student))]
+    if not pairs:
+        raise KDError(f"{option} is empty; list at least one [student, teacher] pair or set it to null ({listing})")
+    chosen = []
+    for pair in pairs:
+        if len(pair) != 2:
+            raise KDError(f"{option}: each entry must be [student_index, teacher_index], got {pair} ({listing})")
+        chosen.append((pick_stage(pair[0], student, "student", option), pick_stage(pair[1], teacher, "teacher", option)))
+    return chosen
+
+
+def pooled_feature(features: Features) -> torch.Tensor:
+    """The pooled (penultimate) feature (B, K): the global average of the pre-pool map, in float32."""
+    return features.pre_pool.float().mean((2, 3))
+
+
+def require_pooled_feature(model: nn.Module, role: str, method: str, input_size) -> int:
+    """The channel count of the model's pooled feature, or a KDError naming a model that exposes no pre-pool map."""
+    pre_pool = probe(model, input_size).pre_pool
+    if pre_pool is not None:
+        return pre_pool.shape[1]
+    name = getattr(model, "arch_name", type(model).__name__)
+    reason = getattr(model, "cam_unavailable", None)
+    raise KDError(f"{method} distils the pooled (penultimate) feature, but the {role} '{name}' exposes no pre-pool map "
+                  f"(the tensor its global average pooling consumes){': ' + reason if reason else ''}; choose a model "
+                  f"whose head is global average pooling -> Linear (any kd CIFAR model, timm:resnet18, torchvision:resnet18, ...)")
+
+
 @dataclass
 class BaseOptions:
     ce_weight: float = field(default=1.0, metadata={"min": 0, "help": "weight of the cross-entropy term"})

@@ -60,7 +60,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from kd.distillers.base import BaseOptions, Distiller, probe
+from kd.distillers.base import BaseOptions, Distiller, require_pooled_feature
 from kd.distillers.kd import kd_loss
 from kd.distillers.registry import DISTILLERS
 from kd.errors import KDError
@@ -138,17 +138,6 @@ class CRDOptions(BaseOptions):
     nce_m: float = field(default=0.5, metadata={"min": 0, "max": 1, "help": "momentum of the memory-bank update"})
 
 
-def pooled_channels(model: nn.Module, role: str, input_size) -> int:
-    """Channels of the model's pre-pool map, or a KDError naming a model that has none."""
-    pre_pool = probe(model, input_size).pre_pool
-    if pre_pool is None:
-        name = getattr(model, "arch_name", type(model).__name__)
-        raise KDError(f"crd embeds the pooled feature (the pre-pool map averaged over H x W), but the {role} "
-                      f"'{name}' exposes no pre-pool map; choose a model whose head is global average pooling "
-                      f"over a feature map")
-    return pre_pool.shape[1]
-
-
 def check_data(data) -> None:
     if data.train_size is None:
         raise KDError("crd keeps one memory-bank row per training image, but the data set declared no training-set "
@@ -175,8 +164,8 @@ class CRD(Distiller):
         super().__init__(student, teacher, options, data)
         check_data(data)
         d = options.feat_dim
-        self.embed_student = nn.Linear(pooled_channels(student, "student", data.input_size), d)
-        self.embed_teacher = nn.Linear(pooled_channels(teacher, "teacher", data.input_size), d)
+        self.embed_student = nn.Linear(require_pooled_feature(student, "student", "crd", data.input_size), d)
+        self.embed_teacher = nn.Linear(require_pooled_feature(teacher, "teacher", "crd", data.input_size), d)
         bound = 1.0 / math.sqrt(d / 3)
         self.register_buffer("memory_student", torch.rand(data.train_size, d).mul_(2 * bound).sub_(bound))
         self.register_buffer("memory_teacher", torch.rand(data.train_size, d).mul_(2 * bound).sub_(bound))
@@ -187,8 +176,8 @@ class CRD(Distiller):
     @classmethod
     def check_models(cls, student, teacher, options, data):
         check_data(data)
-        pooled_channels(student, "student", data.input_size)
-        pooled_channels(teacher, "teacher", data.input_size)
+        require_pooled_feature(student, "student", "crd", data.input_size)
+        require_pooled_feature(teacher, "teacher", "crd", data.input_size)
 
     def normalisers(self, exp_s: torch.Tensor, exp_t: torch.Tensor) -> torch.Tensor:
         """nce_z, estimated from this batch (averaged over torchrun ranks) the first time it is needed."""

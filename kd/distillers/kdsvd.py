@@ -47,8 +47,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from kd.distillers.base import BaseOptions, Distiller, Shape, describe_stages, probe_shapes
-from kd.distillers.nst import choose_stage_pairs
+from kd.distillers.base import BaseOptions, Distiller, Shape, choose_stage_pairs, describe_stages, probe_shapes
 from kd.distillers.registry import DISTILLERS
 from kd.errors import KDError
 

@@ -35,37 +35,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from kd.distillers.base import BaseOptions, Distiller, Shape, describe_stages, pick_stage, probe_shapes
+from kd.distillers.base import BaseOptions, Distiller, choose_stage_pairs, probe_shapes
 from kd.distillers.registry import DISTILLERS
-from kd.errors import KDError
-
-
-def choose_stage_pairs(method: str, student: list[Shape], teacher: list[Shape],
-                       pairs: list[list[int]] | None) -> list[tuple[int, int]]:
-    """(student stage, teacher stage) pairs as non-negative indices: `pairs` as given (negative indices
-    count from the end), or with None every stage with the same index (which needs equal stage counts).
-    Anything else is one KDError that names `<method>.pairs` and lists both networks' stage shapes."""
-    option = f"{method}.pairs"
-    listing = f"student stages (C x H x W): {describe_stages(student)}; teacher stages: {describe_stages(teacher)}"
-    if pairs is None:
-        if len(student) != len(teacher) or not student:
-            raise KDError(f"{method}: the student has {len(student)} stages and the teacher {len(teacher)}, so stages "
-                          f"cannot be paired by default; set {option} to [student, teacher] index pairs, e.g. "
-                          f"{option}=[[0, 1], [1, 2]] ({listing})")
-        chosen = [(i, i) for i in range(len(student))]
-    else:
-        if not pairs:
-            raise KDError(f"{option} is empty; list at least one [student, teacher] pair ({listing})")
-        chosen = []
-        for pair in pairs:
-            if len(pair) != 2:
-                raise KDError(f"{option}: each entry must be [student_index, teacher_index], got {pair} ({listing})")
-            chosen.append((pick_stage(pair[0], student, "student", option), pick_stage(pair[1], teacher, "teacher", option)))
-    for s, t in chosen:
-        if len(student[s]) != 3 or len(teacher[t]) != 3:
-            raise KDError(f"{method}: stage pair [{s}, {t}] is not a pair of (C, H, W) maps, which {method} needs; "
-                          f"choose other stages in {option} ({listing})")
-    return chosen
 
 
 def _pool_to_smaller(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

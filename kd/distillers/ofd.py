@@ -70,9 +70,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kd.distillers.base import BaseOptions, Distiller, Shape, describe_stages, probe
+from kd.distillers.base import BaseOptions, Distiller, Shape, choose_stage_pairs, describe_stages, probe
 from kd.distillers.registry import DISTILLERS
-from kd.distillers.vid import pair_stages
 from kd.errors import KDError
 from kd.models.features import Features
 
@@ -125,7 +124,7 @@ def check_ofd(student: nn.Module, teacher: nn.Module, s_out: Features, t_out: Fe
     s_shapes: list[Shape] = [tuple(p.shape[1:]) for p in s_out.preact_stages]
     t_shapes: list[Shape] = [tuple(p.shape[1:]) for p in t_out.preact_stages]
     assert len(bns) == len(t_shapes) and all(bn.num_features == c for bn, (c, _, _) in zip(bns, t_shapes))
-    pairs = pair_stages(s_shapes, t_shapes, o.pairs, "ofd.pairs")
+    pairs = choose_stage_pairs("ofd", s_shapes, t_shapes, o.pairs)
     for s, t in pairs:
         (_, hs, ws), (_, ht, wt) = s_shapes[s], t_shapes[t]
         if ht < hs or wt < ws:

@@ -27,30 +27,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
-from kd.distillers.base import BaseOptions, Distiller, probe
+from kd.distillers.base import BaseOptions, Distiller, pooled_feature, require_pooled_feature
 from kd.distillers.registry import DISTILLERS
-from kd.errors import KDError
-from kd.models.features import Features
 
 EPS = 1e-7
-
-
-def pooled_feature(features: Features) -> torch.Tensor:
-    """The pooled (penultimate) feature (B, K): global average of the pre-pool map, in float32."""
-    return features.pre_pool.float().mean((2, 3))
-
-
-def require_pooled_feature(model: nn.Module, role: str, method: str, input_size) -> None:
-    """Refuse, by name, a model that exposes no pre-pool map (so no pooled feature to distil)."""
-    if probe(model, input_size).pre_pool is not None:
-        return
-    name = getattr(model, "arch_name", type(model).__name__)
-    reason = getattr(model, "cam_unavailable", None)
-    raise KDError(f"{method} distils the pooled (penultimate) feature, but the {role} '{name}' exposes no pre-pool map "
-                  f"(the tensor its global average pooling consumes){': ' + reason if reason else ''}; choose a model "
-                  f"whose head is global average pooling -> Linear (any kd CIFAR model, timm:resnet18, torchvision:resnet18, ...)")
 
 
 def _cosine_probabilities(feat: torch.Tensor, eps: float) -> torch.Tensor:

@@ -31,8 +31,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from kd.distillers.base import BaseOptions, Distiller
-from kd.distillers.pkt import pooled_feature, require_pooled_feature
+from kd.distillers.base import BaseOptions, Distiller, pooled_feature, require_pooled_feature
 from kd.distillers.registry import DISTILLERS
 
 EPS = 1e-12

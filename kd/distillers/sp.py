@@ -27,8 +27,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from kd.distillers.base import BaseOptions, Distiller, probe_shapes
-from kd.distillers.nst import choose_stage_pairs
+from kd.distillers.base import BaseOptions, Distiller, choose_stage_pairs, probe_shapes
 from kd.distillers.registry import DISTILLERS
 
 

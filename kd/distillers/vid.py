@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kd.distillers.base import BaseOptions, Distiller, Shape, describe_stages, pick_stage, probe_shapes
+from kd.distillers.base import BaseOptions, Distiller, Shape, choose_stage_pairs, probe_shapes
 from kd.distillers.registry import DISTILLERS
 from kd.errors import KDError
 
@@ -64,28 +64,6 @@ def common_size(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Ten
     return student, teacher
 
 
-def pair_stages(student: list[Shape], teacher: list[Shape], pairs: list[list[int]] | None,
-                option: str) -> list[tuple[int, int]]:
-    """The (student stage, teacher stage) pairs, as non-negative indices: every stage with the same index when
-    the counts are equal and `pairs` is None, else the pairs given; a KDError listing the stages otherwise.
-    `option` is the option's dotted name (vid.pairs, ofd.pairs) for the messages."""
-    listing = f"student stages: {describe_stages(student)}; teacher stages: {describe_stages(teacher)}"
-    if pairs is None:
-        if len(student) != len(teacher) or not student:
-            raise KDError(f"{option.split('.')[0]}: the student has {len(student)} stages and the teacher "
-                          f"{len(teacher)}, so stages cannot be paired by default; set {option} to [student, "
-                          f"teacher] index pairs, e.g. {option}=[[0, 1], [1, 2]] ({listing})")
-        return [(i, i) for i in range(len(student))]
-    if not pairs:
-        raise KDError(f"{option} is empty; list at least one [student, teacher] pair or set it to null ({listing})")
-    chosen = []
-    for pair in pairs:
-        if len(pair) != 2:
-            raise KDError(f"{option}: each entry must be [student_index, teacher_index], got {pair} ({listing})")
-        chosen.append((pick_stage(pair[0], student, "student", option), pick_stage(pair[1], teacher, "teacher", option)))
-    return chosen
-
-
 @dataclass
 class VIDOptions(BaseOptions):
     feat_weight: float = field(default=1.0, metadata={"min": 0, "help": "weight of the VID term (Gaussian negative log-likelihood, summed over stage pairs)"})
@@ -98,7 +76,7 @@ def check_vid(student: list[Shape], teacher: list[Shape], o: VIDOptions) -> list
     if o.init_pred_var <= o.eps:
         raise KDError(f"vid.init_pred_var ({o.init_pred_var}) must be larger than vid.eps ({o.eps}), because the "
                       f"variance is softplus(log_scale) + eps; raise vid.init_pred_var or lower vid.eps")
-    return pair_stages(student, teacher, o.pairs, "vid.pairs")
+    return choose_stage_pairs("vid", student, teacher, o.pairs)
 
 
 def make_regressor(student_channels: int, teacher_channels: int) -> nn.Sequential:
