@@ -37,7 +37,9 @@ def batch(teacher, n=4, autograd=False):
 
 
 def teacher_levels(t_out):
-    return list(t_out.stages) + [t_out.pre_pool.mean((2, 3), keepdim=True)]
+    """The teacher's targets: its stage maps before their last ReLU (as the reference), then the pooled feature."""
+    assert t_out.preact_stages is not None and any((m < 0).any() for m in t_out.preact_stages)
+    return list(t_out.preact_stages) + [t_out.pre_pool.mean((2, 3), keepdim=True)]
 
 
 # --- the loss against the reference -------------------------------------------------------------------------

@@ -42,11 +42,11 @@ Conventions and defaults. The reference is the DKD authors' toolkit (mdistiller)
 - Which maps. The student's maps are kd's stage outputs (post-ReLU for ResNets, VGG and ShuffleNets), as in
   the reference, which uses the student's post-activation features. The pooled feature is pre_pool averaged
   over H x W: for every kd zoo model, exactly the vector the classifier reads, as in the reference.
-  DEVIATION: the reference feeds the TEACHER's pre-activation stage maps (for ResNets, the last block's
-  sum before its ReLU). kd's feature interface gives the post-activation stage outputs, so those are used here:
-  the teacher targets are non-negative, while the reference's targets also carry the negative responses
-  that the ReLU removes. The teacher's pooled level is the same as the reference's (post-activation, the
-  classifier's input). This does not apply to the HCL fixture, which covers already fused maps.
+  The TEACHER's stage maps are its pre-activation maps (for ResNets, the last block's sum before its ReLU),
+  as in the reference, wherever the model gives them (Features.preact_stages: kd's ResNets, WRNs, VGGs,
+  MobileNetV2 and ShuffleV1); for a teacher that does not (ShuffleV2, timm:/torchvision: models) its
+  post-activation stage outputs are used instead, whose targets lack the negative responses the ReLU removes.
+  The teacher's pooled level is the same as the reference's (post-activation, the classifier's input).
 - Pairing. Level k of the student goes with level k of the teacher (the pooled level with the pooled one),
   so both must have the same number of stages. That covers every pair the reference supports: ResNet/WRN
   and ShuffleV1/V2 with 3 stages; VGG, MobileNetV2 and ResNet50 with 4. The shapes come from one probe pass
@@ -223,9 +223,11 @@ def plan_review(student: nn.Module, teacher: nn.Module, options: ReviewKDOptions
                       [t_shapes[i] for i in t_idx] + [t_pooled])
 
 
-def review_levels(out: Features, stages: list[int]) -> list[torch.Tensor]:
-    """The chosen stage maps, then the pooled feature as a (B, C, 1, 1) map, shallow to deep."""
-    return [out.stages[i] for i in stages] + [F.adaptive_avg_pool2d(out.pre_pool, 1)]
+def review_levels(out: Features, stages: list[int], preact: bool = False) -> list[torch.Tensor]:
+    """The chosen stage maps (before their last ReLU when `preact` and the model gives them), then the pooled
+    feature as a (B, C, 1, 1) map, shallow to deep."""
+    maps = out.preact_stages if preact and out.preact_stages is not None else out.stages
+    return [maps[i] for i in stages] + [F.adaptive_avg_pool2d(out.pre_pool, 1)]
 
 
 @DISTILLERS.register("reviewkd", options=ReviewKDOptions)
@@ -261,6 +263,6 @@ class ReviewKD(Distiller):
         o = self.options
         out = self.student.forward_features(images)
         fused = self.fuse(review_levels(out, self.student_stages))
-        teacher_maps = [t.detach() for t in review_levels(teacher, self.teacher_stages)]
+        teacher_maps = [t.detach() for t in review_levels(teacher, self.teacher_stages, preact=True)]
         review = o.feat_weight * warmup_factor(epoch, o.warmup_epochs) * hcl_loss(fused, teacher_maps)
         return out.logits, {"ce": self.ce(out.logits, targets), "review": review}
