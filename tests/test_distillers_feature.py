@@ -2,6 +2,7 @@
 and where the gradients go."""
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import kd.distillers.at  # noqa: F401  (registration, until kd/distillers/__init__.py imports them)
@@ -16,26 +17,54 @@ from kd.models import create_model
 
 
 def make(name, student="resnet8", teacher="resnet14", **options):
-    """A distiller built the way kd/run.py builds one, plus its teacher."""
+    """A distiller built the way kd/run.py builds one, plus its teacher (parameters left requiring grad)."""
     torch.manual_seed(0)
-    t = create_model(teacher, 10).eval().requires_grad_(False)
+    t = create_model(teacher, 10).eval()
     s = create_model(student, 10)
     cls = DISTILLERS.get(name)
     return cls(s, t, cls.Options(**options), DataSpec(10, (32, 32))), t
 
 
-def batch(teacher, n=2):
+def batch(teacher, n=2, grad=False):
+    """Images, targets and the teacher's Features; grad=True runs the teacher with autograd on, so that a
+    distiller that let gradient into the teacher's outputs would reach its parameters."""
     torch.manual_seed(1)
     images, targets = torch.randn(n, 3, 32, 32), torch.randint(0, 10, (n,))
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):
         return images, targets, teacher.forward_features(images)
 
 
-def step(distiller, teacher, epoch=0, n=2):
-    images, targets, t_out = batch(teacher, n)
+def step(distiller, teacher, epoch=0, n=2, grad=False):
+    images, targets, t_out = batch(teacher, n, grad)
     logits, losses = distiller(images, targets, t_out, epoch)
     sum(losses.values()).backward()
     return logits, losses, t_out
+
+
+def student_stages(distiller, images):
+    """The student's stage maps for the batch (train-mode BN uses batch statistics: the distiller saw the same)."""
+    with torch.no_grad():
+        return distiller.student.forward_features(images).stages
+
+
+def ref_attention(f):
+    """AT map, written out: channel mean of f^2, each sample's map divided by its L2 norm over H x W."""
+    a = (f.float() ** 2).sum(1).flatten(1) / f.shape[1]
+    return a / a.pow(2).sum(1, keepdim=True).sqrt()
+
+
+def ref_at_pair(s, t):
+    """Pool the larger feature map to the smaller size (per direction), then the mean squared map difference."""
+    size = (min(s.shape[2], t.shape[2]), min(s.shape[3], t.shape[3]))
+    s = F.adaptive_avg_pool2d(s, size) if s.shape[2:] != size else s
+    t = F.adaptive_avg_pool2d(t, size) if t.shape[2:] != size else t
+    return ((ref_attention(s) - ref_attention(t)) ** 2).mean()
+
+
+def ref_hint(regressor, student_map, teacher_map):
+    """The regressor's conv -> BN -> ReLU applied leaf by leaf, then the mean squared error to the hint."""
+    conv, bn, _ = regressor
+    return ((torch.relu(bn(conv(student_map))) - teacher_map) ** 2).mean()
 
 
 # --- reference values ---------------------------------------------------------------------------------------
@@ -100,7 +129,9 @@ def test_fitnets_gradients_reach_the_regressor_and_student_but_not_the_teacher()
     assert any(k.startswith("regressor.") for k in distiller.state_dict())
     assert not any(k.startswith("_teacher") for k in distiller.state_dict())
     optimizer = torch.optim.SGD(trainable, lr=0.1)
-    _, losses, _ = step(distiller, teacher)
+    assert all(p.requires_grad for p in teacher.parameters())
+    _, losses, t_out = step(distiller, teacher, grad=True)  # the teacher's stages carry its graph
+    assert t_out.stages[distiller.teacher_stage].requires_grad
     assert set(losses) == {"ce", "hint"} and losses["hint"].item() > 0
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in regressor)
     assert all(p.grad is None for p in teacher.parameters())
@@ -158,8 +189,15 @@ def test_fitnets_heterogeneous_pairs_work_with_default_stages(teacher, student, 
     distiller, t = make("fitnets", student, teacher)
     assert type(distiller.regressor[0]) is kind
     assert (distiller.student_stage, distiller.teacher_stage) == stages
-    _, losses, _ = step(distiller, t)
-    assert set(losses) == {"ce", "hint"} and torch.isfinite(losses["hint"])
+    images, targets, t_out = batch(t)
+    logits, losses = distiller(images, targets, t_out)
+    assert set(losses) == {"ce", "hint"}
+    with torch.no_grad():
+        s_map = student_stages(distiller, images)[stages[0]]
+        expected = 100.0 * ref_hint(distiller.regressor, s_map, t_out.stages[stages[1]])
+    assert losses["hint"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert losses["ce"].item() == pytest.approx(F.cross_entropy(logits, targets).item(), rel=1e-5)
+    sum(losses.values()).backward()
     assert all(p.grad is not None for p in distiller.regressor.parameters())
 
 
@@ -169,7 +207,9 @@ def test_at_default_pairs_every_stage_and_adds_no_parameters():
     distiller, teacher = make("at")  # resnet14 -> resnet8, 3 stages each
     assert distiller.pairs == [(0, 0), (1, 1), (2, 2)]
     assert distiller.extra_parameter_count() == 0
-    _, losses, _ = step(distiller, teacher)
+    assert all(p.requires_grad for p in teacher.parameters())
+    _, losses, t_out = step(distiller, teacher, grad=True)  # the teacher's stages carry its graph
+    assert all(s.requires_grad for s in t_out.stages)
     assert set(losses) == {"ce", "at"}
     assert all(p.grad is None for p in teacher.parameters())
     assert all(p.grad is not None for p in distiller.student.parameters())
@@ -182,7 +222,7 @@ def test_at_term_is_the_weighted_sum_over_pairs():
     with torch.no_grad():
         _, losses = distiller(images, targets, t_out)
         stages = distiller.student.forward_features(images).stages
-    expected = 1000.0 * sum(at_loss(s, t) for s, t in zip(stages, t_out.stages))
+    expected = 1000.0 * sum(ref_at_pair(s, t) for s, t in zip(stages, t_out.stages))
     assert losses["at"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
@@ -191,9 +231,12 @@ def test_at_heterogeneous_pairs_with_equal_stage_counts(teacher, student, n_pair
     cls = DISTILLERS.get("at")
     cls.check_models(create_model(student, 10), create_model(teacher, 10), cls.Options(), DataSpec(10, (32, 32)))
     distiller, t = make("at", student, teacher)
-    assert len(distiller.pairs) == n_pairs
-    _, losses, _ = step(distiller, t)
-    assert torch.isfinite(losses["at"]) and losses["at"].item() > 0
+    assert distiller.pairs == [(i, i) for i in range(n_pairs)]
+    images, targets, t_out = batch(t)
+    _, losses = distiller(images, targets, t_out)
+    stages = student_stages(distiller, images)
+    expected = 1000.0 * sum(ref_at_pair(stages[i], t_out.stages[i]) for i in range(n_pairs))
+    assert losses["at"].item() == pytest.approx(expected.item(), rel=1e-5) and expected.item() > 0
 
 
 def test_at_unequal_stage_counts_need_explicit_pairs():
@@ -209,5 +252,9 @@ def test_at_unequal_stage_counts_need_explicit_pairs():
     cls.check_models(student, teacher, options, DataSpec(10, (32, 32)))
     distiller = cls(student, teacher, options, DataSpec(10, (32, 32)))
     assert distiller.pairs == [(0, 1), (1, 2), (2, 3)]
-    _, losses, _ = step(distiller, teacher)
-    assert set(losses) == {"ce", "at"} and torch.isfinite(losses["at"])
+    images, targets, t_out = batch(teacher)
+    _, losses = distiller(images, targets, t_out)
+    assert set(losses) == {"ce", "at"}
+    stages = student_stages(distiller, images)  # resnet8: 32, 16, 8 px; ResNet50: 32, 16, 8, 4 px
+    expected = 1000.0 * sum(ref_at_pair(stages[s], t_out.stages[t]) for s, t in [(0, 1), (1, 2), (2, 3)])
+    assert losses["at"].item() == pytest.approx(expected.item(), rel=1e-5)

@@ -55,7 +55,7 @@ def test_an_epoch_depends_on_seed_and_epoch_only_not_on_workers_or_history(tmp_p
     _, train, _ = scan_root(root, ("test",))
     assert torch.equal(torch.get_rng_state(), before)  # augmentation leaves the training RNG alone
     again = epoch_batches(root, 2, workers=2)
-    assert len(first) == len(again) == 24 // 5
+    assert len(first) == len(again) == 4  # 24 training images in batches of 5: the last 4 are dropped
     for (x, y, i), (x2, y2, i2) in zip(first, again):
         assert torch.equal(x, x2) and torch.equal(y, y2) and torch.equal(i, i2)
         assert torch.equal(y, torch.tensor([train[k][1] for k in i.tolist()]))  # the index names the image
@@ -64,12 +64,16 @@ def test_an_epoch_depends_on_seed_and_epoch_only_not_on_workers_or_history(tmp_p
 
 
 def test_ranks_share_the_set_without_overlap():
-    train = [(rank, list(EpochSampler(10, seed=1, shuffle=True, rank=rank, world_size=3))) for rank in range(3)]
-    indices = [i for _, keys in train for i, _ in keys]
-    assert [len(keys) for _, keys in train] == [3, 3, 3] and len(set(indices)) == 9
-    evaluation = [list(EpochSampler(10, seed=1, shuffle=False, rank=rank, world_size=3)) for rank in range(3)]
-    assert sorted(i for keys in evaluation for i in keys) == list(range(10))  # each test image once
-    assert [len(keys) for keys in evaluation] == [len(EpochSampler(10, 1, False, rank, 3)) for rank in range(3)]
+    # training: 10 images on 3 ranks, the 10th dropped so that every rank takes as many steps
+    samplers = [EpochSampler(10, seed=1, shuffle=True, rank=rank, world_size=3) for rank in range(3)]
+    train = [list(s) for s in samplers]
+    indices = [i for keys in train for i, _ in keys]
+    assert [len(keys) for keys in train] == [len(s) for s in samplers] == [3, 3, 3]
+    assert len(set(indices)) == 9 and set(indices) <= set(range(10))
+    # evaluation: every image once, rank r taking images r, r + 3, ...
+    samplers = [EpochSampler(10, seed=1, shuffle=False, rank=rank, world_size=3) for rank in range(3)]
+    assert [list(s) for s in samplers] == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
+    assert [len(s) for s in samplers] == [4, 3, 3]
 
 
 def test_a_resumed_streamed_run_equals_an_uninterrupted_one(tmp_path):

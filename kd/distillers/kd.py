@@ -16,7 +16,8 @@ from kd.distillers.registry import DISTILLERS
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
-    """Batch-mean KL(softmax(t/T) || softmax(s/T)) times T^2, computed in float32."""
+    """Batch-mean KL(softmax(t/T) || softmax(s/T)) times T^2, computed in float32. The teacher's logits are
+    a fixed target: no gradient flows back into them (nor into a teacher that ran with autograd on)."""
     log_p_student = F.log_softmax(student_logits.float() / T, dim=1)
     log_p_teacher = F.log_softmax(teacher_logits.detach().float() / T, dim=1)
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
