@@ -64,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     try:
         argv, imports = split_imports(argv)
+        if "--resume" in argv[1:]:  # `run_kd.py RECIPE --resume DIR key=value`: the option may stand anywhere
+            at = argv.index("--resume")
+            argv = argv[at:at + 2] + argv[:at] + argv[at + 2:]
+            if argv[2:3] == ["run"]:
+                argv = ["run"] + argv[:2] + argv[3:]
         # `run_kd.py RECIPE.yaml ...` and `run_kd.py --resume DIR` are short for `run_kd.py run ...`
         first = next((a for a in argv if not a.startswith("-")), None)
         if (first is not None and first not in COMMANDS) or (argv and argv[0] == "--resume"):
@@ -87,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished epochs are kept in the run directory", file=sys.stderr)
         return 130
+    except OSError as err:  # the file system refused (full, read-only, no permission): the user's to fix
+        if debug or not err.filename:
+            raise
+        print(f"error: cannot use {err.filename} ({err.strerror}); free space or fix the path and its permissions",
+              file=sys.stderr)
+        return 2
 
 
 def split_imports(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -182,7 +193,12 @@ def cmd_compare(args) -> int:
 def cmd_report(args) -> int:
     from kd.report.write import write_report
 
+    from kd.engine.rundir import RunDir
+
     out = Path(args.out) if args.out else Path(args.run_dirs[0]) / "report"
+    if out.exists() and not out.is_dir():
+        raise KDError(f"report --out {out}: that is a file; give a folder (it is made if missing)")
+    RunDir.check_writable(out)
     write_report(args.run_dirs, out, command_line(), console(), published=args.published)
     return 0
 
@@ -263,8 +279,8 @@ def cmd_list(args) -> int:
             groups = escape(f" [{', '.join(cls.groups)}]") if cls.groups else ""
             paper = f"\n    paper: {escape(cls.paper)}" if cls.paper and cls.paper != "-" else ""
             con.print(f"[bold]distiller[/] {name}{groups}: {escape(cls.summary())}{paper}\n    options: {escape(options)}")
-        con.print("[bold]method groups[/] (methods: [group]): all: every distiller; "
-                  + "; ".join(f"{g}: {about}" for g, about in GROUPS.items()))
+        con.print("[bold]method groups[/] " + escape("(methods: [group]): all: every distiller; "
+                                                     + "; ".join(f"{g}: {about}" for g, about in GROUPS.items())))
     if what in ("all", "pairs"):
         table = Table(title="pairs (teachers/pairs.yaml)")
         for column in ("pair", "teacher", "student", "data set", "teacher checkpoint"):

@@ -2,11 +2,13 @@
 
 Recipes, distiller options and data-set options are all dataclasses; `build(cls, mapping, where)` is the
 one place that checks keys (nearest valid key suggested), types, choices and ranges. A field states its
-range in its metadata: `field(default=..., metadata={"min": 0})` (or "gt" for a strict bound).
+range in its metadata: `field(default=..., metadata={"min": 0})` ("gt" for a strict bound, "max" for an upper
+one, "why" for the reason shown when a value is refused). NaN and infinity are refused everywhere.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, Mapping, Union
@@ -73,16 +75,25 @@ def _coerce(tp: Any, value: Any) -> Any:
 
 
 def _check_range(name: str, value: Any, meta: Mapping, where: str) -> None:
-    values = value if isinstance(value, list) else [value]
+    """Refuse NaN and infinity everywhere, and values outside the field's min / gt / max (with its `why`)."""
+    values = _numbers(value)
+    why = f" ({meta['why']})" if "why" in meta else ""
     for v in values:
-        if not isinstance(v, (int, float)) or isinstance(v, bool):
-            continue
+        if isinstance(v, float) and not math.isfinite(v):
+            raise KDError(f"{where}: '{name}' is {v}, but it must be a finite number")
         if "min" in meta and v < meta["min"]:
-            raise KDError(f"{where}: '{name}' is {v}, but it must be >= {meta['min']}")
+            raise KDError(f"{where}: '{name}' is {v}, but it must be >= {meta['min']}{why}")
         if "gt" in meta and v <= meta["gt"]:
-            raise KDError(f"{where}: '{name}' is {v}, but it must be > {meta['gt']}")
+            raise KDError(f"{where}: '{name}' is {v}, but it must be > {meta['gt']}{why}")
         if "max" in meta and v > meta["max"]:
-            raise KDError(f"{where}: '{name}' is {v}, but it must be <= {meta['max']}")
+            raise KDError(f"{where}: '{name}' is {v}, but it must be <= {meta['max']}{why}")
+
+
+def _numbers(value: Any) -> list:
+    """Every int or float in a value, lists of lists included (bools are not numbers here)."""
+    if isinstance(value, (list, tuple)):
+        return [n for v in value for n in _numbers(v)]
+    return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
 
 
 def build(cls: type, data: Mapping[str, Any] | None, where: str, lines: Mapping[str, int] | None = None,

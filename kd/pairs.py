@@ -35,6 +35,9 @@ class Pair:
     def recipe_path(self) -> Path:
         return home.find(self.teacher_recipe)
 
+    def remake_hint(self) -> str:
+        return f"make it again with `python run_kd.py teacher {self.name} --retrain`"
+
     def missing_checkpoint(self) -> KDError:
         """The error for a run that needs this pair's teacher while its checkpoint is not there."""
         return KDError(f"teacher checkpoint {self.checkpoint_path} does not exist; make it with "

@@ -7,6 +7,7 @@ against the component's own options dataclass. `key=value` overrides (dotted for
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +22,7 @@ from kd.yamlio import load_mapping
 @dataclass
 class Recipe:
     imports: list[str] = field(default_factory=list, metadata={"help": "Python files (relative to the recipe) or modules to import first, e.g. to register your own distiller"})
-    name: str = field(default="run", metadata={"help": "name of the run; run directories are <output_dir>/<name>-<time>"})
+    name: str = field(default="run", metadata={"help": "name of the run (letters, digits, '.', '_', '-'; at most 100 characters); run directories are <output_dir>/<name>-<time>"})
     pair: str | None = field(default=None, metadata={"help": "teacher/student pair from teachers/pairs.yaml (sets teacher, student, dataset, teacher_checkpoint)"})
     teacher: str | None = field(default=None, metadata={"help": "teacher architecture (zoo name, timm:<name> or torchvision:<name>)"})
     student: str | None = field(default=None, metadata={"help": "student architecture"})
@@ -31,18 +32,18 @@ class Recipe:
     download: bool = field(default=False, metadata={"help": "let torchvision download a missing data set"})
     subset_per_class: int | None = field(default=None, metadata={"min": 1, "help": "train on a balanced subset of n images per class (fixed seed)"})
     methods: list[str] = field(default_factory=lambda: ["vanilla"], metadata={"help": "distillers to train the student with, one student each; 'name@variant' is a variant with its own options section; groups: all, mission, logit, feature, cam"})
-    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "one student per method and seed"})
-    epochs: int = field(default=240, metadata={"min": 1, "help": "training epochs"})
-    batch_size: int = field(default=64, metadata={"min": 1, "help": "training batch size (global, over all processes)"})
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"min": 0, "max": 2**31 - 1, "why": "a 31-bit seed", "help": "one student per method and seed"})
+    epochs: int = field(default=240, metadata={"min": 1, "max": 100_000, "help": "training epochs"})
+    batch_size: int = field(default=64, metadata={"min": 2, "max": 1_000_000, "why": "batch normalisation cannot train on batches of one image", "help": "training batch size (global, over all processes)"})
     eval_batch_size: int = field(default=512, metadata={"min": 1, "help": "test batch size"})
-    lr: float = field(default=0.05, metadata={"gt": 0, "help": "initial learning rate"})
+    lr: float = field(default=0.05, metadata={"gt": 0, "max": 100, "help": "initial learning rate"})
     lr_batch: int | None = field(default=None, metadata={"min": 1, "help": "the batch size lr is given for; when set, lr scales linearly with batch_size / lr_batch"})
     momentum: float = field(default=0.9, metadata={"min": 0, "max": 1, "help": "SGD momentum"})
     nesterov: bool = field(default=False, metadata={"help": "Nesterov momentum"})
-    weight_decay: float = field(default=5e-4, metadata={"min": 0, "help": "SGD weight decay"})
+    weight_decay: float = field(default=5e-4, metadata={"min": 0, "max": 1, "help": "SGD weight decay"})
     schedule: Literal["multistep", "cosine", "constant"] = field(default="multistep", metadata={"help": "learning-rate schedule"})
     milestones: list[int] | None = field(default=None, metadata={"min": 1, "help": "multistep: epochs at which the rate is multiplied by gamma; null: 5/8, 6/8 and 7/8 of epochs (150, 180, 210 of 240)"})
-    gamma: float = field(default=0.1, metadata={"gt": 0, "help": "multistep decay factor"})
+    gamma: float = field(default=0.1, metadata={"gt": 0, "max": 1, "help": "multistep decay factor"})
     warmup_epochs: int = field(default=0, metadata={"min": 0, "help": "linear learning-rate warm-up epochs"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA when present, else CPU), cpu, cuda, cuda:N"})
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata={"help": "auto: bf16 autocast on GPUs that support it, fp32 on the CPU"})
@@ -74,6 +75,15 @@ class Recipe:
         if path.is_dir():
             raise KDError(f"teacher checkpoint {path} is a folder, not a file; set teacher_checkpoint to the .pt file")
         raise KDError(f"teacher checkpoint {path} does not exist; check teacher_checkpoint in the recipe")
+
+    def teacher_hint(self) -> str:
+        """How to make the teacher checkpoint again, when it is the pair's own ('' otherwise)."""
+        from kd.pairs import get_pair
+
+        if self.pair and self.teacher_checkpoint and \
+                Path(self.teacher_checkpoint).expanduser().resolve() == get_pair(self.pair).checkpoint_path.resolve():
+            return get_pair(self.pair).remake_hint()
+        return ""
 
     def data_options(self):
         """The validated options of the data set (its section, defaults filled in)."""
@@ -249,6 +259,9 @@ def validate(recipe: Recipe) -> Recipe:
     from kd.pairs import get_pair
 
     where = recipe.source or "recipe"
+    if not NAME.fullmatch(recipe.name) or len(recipe.name) > 100:
+        raise KDError(f"{where}: name '{recipe.name[:120]}' cannot name a run directory: use at most 100 letters, "
+                      f"digits, '.', '_' or '-' (no '/', no '..'), e.g. name: my-run")
     if recipe.pair:
         pair = get_pair(recipe.pair)
         recipe.teacher = recipe.teacher or pair.teacher
@@ -265,6 +278,10 @@ def validate(recipe: Recipe) -> Recipe:
         raise KDError(f"{where}: 'seeds' is empty; list at least one seed, e.g. seeds: [0]")
     for label in recipe.methods:
         method_class(label)
+        name, variant = split_label(label)
+        if variant is not None and not NAME.fullmatch(variant):
+            raise KDError(f"{where}: method '{label}': a variant needs a name after '@' (letters, digits, '.', '_', "
+                          f"'-'), e.g. {name}@w2")
     if len(set(recipe.methods)) != len(recipe.methods) or len(set(recipe.seeds)) != len(recipe.seeds):
         raise KDError(f"{where}: 'methods' and 'seeds' must not repeat an entry")
     if not recipe.student:
@@ -276,12 +293,16 @@ def validate(recipe: Recipe) -> Recipe:
     needing = [m for m in recipe.methods if method_class(m).needs_teacher]
     if needing and not recipe.teacher:
         raise KDError(f"{where}: {', '.join(needing)} needs a teacher: set 'pair', or 'teacher' and 'teacher_checkpoint'")
-    if recipe.milestones is None:
-        recipe.milestones = [recipe.epochs * k // 8 for k in (5, 6, 7)]
+    if recipe.milestones is None:  # 5/8, 6/8, 7/8 of the epochs; short runs get fewer steps, never one at epoch 0
+        recipe.milestones = list(dict.fromkeys(max(1, recipe.epochs * k // 8) for k in (5, 6, 7)))
     if recipe.schedule == "multistep" and any(m > recipe.epochs for m in recipe.milestones):
         raise KDError(f"{where}: milestones {recipe.milestones} lie beyond epochs={recipe.epochs}; lower them or drop the ones past the end")
-    # Every section's options are checked now, so a typo fails before any training starts.
-    for label in recipe.methods:
+    # Every section's options are checked now, so a typo fails before any training starts: those of the
+    # methods trained, and of every other distiller section the recipe holds (a typo there would hide later).
+    for label in dict.fromkeys([*recipe.methods, *(k for k in recipe.sections if k not in DATASETS)]):
         recipe.method_options(label)
     recipe.data_options()
     return recipe
+
+
+NAME = re.compile(r"(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a file name: no '/', no '..', no leading '.' 

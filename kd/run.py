@@ -39,15 +39,26 @@ def build_teacher(recipe: Recipe, num_classes: int, hw: Hardware, console=None):
                           f"the teacher '{recipe.teacher}' in the recipe is ignored")
         return None
     teacher = create_model(recipe.teacher, num_classes)
-    load_weights(teacher, recipe.require_teacher_checkpoint(), "teacher", recipe.teacher, num_classes)
+    load_weights(teacher, recipe.require_teacher_checkpoint(), "teacher", recipe.teacher, num_classes,
+                 recipe.teacher_hint())
     teacher.to(hw.device, memory_format=hw.memory_format).eval().requires_grad_(False)
-    return compiled(teacher, recipe.compile_mode) if recipe.compile else teacher
+    return compiled(teacher, recipe.compile_mode, frozen=True) if recipe.compile else teacher
 
 
-def compiled(model, mode: str = "default"):
-    """torch.compile the two entry points the trainer uses; the module (and its state dict) stays the same."""
-    model.forward = torch.compile(model.forward, mode=mode)
-    model.forward_features = torch.compile(model.forward_features, mode=mode)
+# torch.compile's modes as inductor options, so that the frozen teacher can add "freezing" to them
+MODE_OPTIONS = {"default": {}, "reduce-overhead": {"triton.cudagraphs": True},
+                "max-autotune": {"max_autotune": True, "triton.cudagraphs": True}}
+
+
+def compiled(model, mode: str = "default", frozen: bool = False):
+    """torch.compile the two entry points the trainer uses; the module (and its state dict) stays the same.
+
+    frozen: the model's weights never change (the teacher), so inductor may treat them as constants: it folds
+    each BatchNorm into the convolution before it and pre-packs the weights. Never for a student: its
+    evaluation graph would keep the weights of the first evaluation."""
+    options = {**MODE_OPTIONS[mode], **({"freezing": True} if frozen else {})}
+    model.forward = torch.compile(model.forward, options=options)
+    model.forward_features = torch.compile(model.forward_features, options=options)
     return model
 
 
@@ -109,10 +120,15 @@ def run_recipe(recipe: Recipe, console=None, progress=None) -> RunResult:
     hw, data, teacher = load_inputs(recipe, console, ctx)
     run = RunDir.create(recipe.output_dir, recipe.name) if ctx.is_main else None
     if run is not None:
-        run.write_recipe(recipe.to_yaml())
+        run.write_recipe(recipe.to_yaml(), f"resolved on this machine: device, precision, memory format = {hw.describe()}")
     run = RunDir(broadcast(None if run is None else str(run.path)))  # the folder rank 0 made, on every rank
     with locked(run, ctx):
-        return train_students(recipe, run, hw, data, teacher, ctx, console, progress)
+        try:
+            return train_students(recipe, run, hw, data, teacher, ctx, console, progress)
+        except KDError:
+            if ctx.is_main:
+                run.discard_if_unused()  # failed before any student finished an epoch: leave no debris
+            raise
 
 
 def locked(run: RunDir, ctx: Distributed):
@@ -136,7 +152,11 @@ def train_students(recipe: Recipe, run: RunDir, hw, data, teacher, ctx: Distribu
             console.print(f"teacher {recipe.teacher}: test top-1 {teacher_top1:.2f}%")
     groups = [[(m, s) for m in recipe.methods] for s in recipe.seeds] if recipe.shared_teacher else \
         [[(m, s)] for s in recipe.seeds for m in recipe.methods]
-    per_rank_batch = max(1, recipe.batch_size // ctx.world_size)
+    per_rank_batch = recipe.batch_size // ctx.world_size
+    if per_rank_batch < 2 or len(data.train) // ctx.world_size < 2:
+        raise KDError(f"each of the {ctx.world_size} processes would train on batches of {per_rank_batch} of "
+                      f"{len(data.train) // ctx.world_size} images, but batch normalisation needs at least 2 per "
+                      f"batch; raise batch_size (it is the global batch) or use more training images")
     done = []
     for group in groups:
         seed = group[0][1]
@@ -147,6 +167,8 @@ def train_students(recipe: Recipe, run: RunDir, hw, data, teacher, ctx: Distribu
             state = trainee.files.last_state()
             if state is not None:
                 trainee.restore(state)
+            elif resuming and ctx.is_main:
+                trainee.metrics.replace([])  # no checkpoint yet: the rows an interrupted epoch left are redone
         Trainer(trainees, teacher, train_loader, evals, hw, recipe.epochs, recipe.checkpoint_every,
                 is_main=ctx.is_main, console=console).fit(progress=progress)
         done += [(m, s, trainee) for (m, s), trainee in zip(group, trainees)]
@@ -158,12 +180,21 @@ def train_students(recipe: Recipe, run: RunDir, hw, data, teacher, ctx: Distribu
 
 
 def check_same_recipe(run: RunDir, recipe: Recipe) -> None:
-    """A run is resumed only with the recipe it was started with."""
+    """A run is resumed only with the recipe it was started with: nothing in it can change on resume."""
+    import yaml
+
     differ = run.recipe_differences(recipe.to_yaml())
     if differ:
-        raise KDError(f"resume: {run} was started with a different recipe ({', '.join(differ)} differ); a resumed run "
-                      f"keeps its recipe: resume it without changes (run_kd.py --resume {run}), or start a new run "
-                      f"with the changed recipe")
+        theirs, ours = run.recipe_mapping(), yaml.safe_load(recipe.to_yaml())
+        changes = "; ".join(f"{k}: {short(theirs.get(k))} in the run, {short(ours.get(k))} now" for k in differ)
+        raise KDError(f"resume: {run} was started with a different recipe ({changes}); a resumed run keeps the recipe "
+                      f"it started with, so --resume takes no changes: resume with none, or train the changed recipe "
+                      f"as a new run (run_kd.py RECIPE.yaml key=value, without --resume)")
+
+
+def short(value) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def summary_row(method: str, seed: int, trainee: Trainee, teacher_top1) -> dict:

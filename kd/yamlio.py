@@ -8,20 +8,29 @@ import yaml
 from kd.errors import KDError
 
 
-def _key_lines(node, prefix: str, out: dict[str, int]) -> None:
+def _key_lines(node, prefix: str, out: dict[str, int], path: Path) -> None:
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = f"{prefix}{key_node.value}"
-            out[key] = key_node.start_mark.line + 1
-            _key_lines(value_node, key + ".", out)
+            line = key_node.start_mark.line + 1
+            if key in out:  # YAML itself keeps the last silently; a recipe must not hide one value behind another
+                raise KDError(f"{path}:{line}: key '{key}' appears twice (lines {out[key]} and {line}); keep one")
+            out[key] = line
+            _key_lines(value_node, key + ".", out, path)
 
 
 def load_mapping(path: str | Path, what: str = "recipe") -> tuple[dict, dict[str, int]]:
     """(mapping, {dotted key: line}) from a YAML file whose top level must be a mapping."""
     path = Path(path)
+    if path.is_dir():
+        raise KDError(f"{what} {path} is a folder, not a file; give the .yaml file inside it")
     if not path.is_file():
         raise KDError(f"{what} {path} does not exist; check the path (run_kd.py list shows the recipes)")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise KDError(f"{what} {path} is not a UTF-8 text file (byte {err.start} cannot be decoded); a {what} is "
+                      f"YAML text: save it as UTF-8, or check that you passed the .yaml file and not a checkpoint") from None
     try:
         data = yaml.safe_load(text)
         node = yaml.compose(text)
@@ -35,7 +44,7 @@ def load_mapping(path: str | Path, what: str = "recipe") -> tuple[dict, dict[str
     if not isinstance(data, dict):
         raise KDError(f"{path}: a {what} must be a YAML mapping of key: value lines, got {type(data).__name__}")
     lines: dict[str, int] = {}
-    _key_lines(node, "", lines)
+    _key_lines(node, "", lines, path)
     return data, lines
 
 

@@ -21,6 +21,22 @@ def workspace(tmp_path):
         for c in classes:
             (tmp_path / "differ" / split / c).mkdir(parents=True)
             Image.new("RGB", (8, 8)).save(tmp_path / "differ" / split / c / "0.png")
+    torch.save(create_model("resnet14", 4), tmp_path / "module.pt")  # a whole pickled nn.Module
+    broken = create_model("resnet14", 4).state_dict()
+    broken["fc.weight"][0, 0] = float("nan")
+    torch.save({"model": broken}, tmp_path / "nan.pt")
+    (tmp_path / "duplicate.yaml").write_text("epochs: 2\nstudent: resnet8\nepochs: 3\n")
+    (tmp_path / "utf16.yaml").write_bytes("student: resnet8\n".encode("utf-16"))
+    (tmp_path / "latin1.yaml").write_bytes("name: café\n".encode("latin-1"))
+    (tmp_path / "syntax.py").write_text("def broken(:\n")
+    (tmp_path / "raises.py").write_text("raise RuntimeError('no GPU here')\n")
+    (tmp_path / "needs.py").write_text("import no_such_package_kd\n")
+    (tmp_path / "taken.py").write_text("from kd.distillers import DISTILLERS, Distiller\n\n"
+                                       "@DISTILLERS.register('kd')\nclass Mine(Distiller):\n    pass\n")
+    (tmp_path / "done" / "kd-s0").mkdir(parents=True)  # a run directory to report on
+    (tmp_path / "done" / "recipe.yaml").write_text("name: done\nmethods: [kd]\n")
+    (tmp_path / "done" / "kd-s0" / "metrics.csv").write_text(
+        "epoch,lr,loss,train_top1,images_per_s,seconds,test_top1,test_top5\n1,0.1,1.0,50,100,1,40,90\n")
     (tmp_path / "empty" / "train").mkdir(parents=True)
     (tmp_path / "empty" / "test").mkdir(parents=True)
     (tmp_path / "ok.yaml").write_text(f"""name: ok
@@ -46,7 +62,35 @@ CASES = [
     (["{t}/ok.yaml", "lr=-0.1"], ["'lr' is -0.1, but it must be > 0"]),
     (["{t}/ok.yaml", "epochs=-2"], ["'epochs' is -2, but it must be >= 1"]),
     (["{t}/ok.yaml", "kd.T=0"], ["'kd.T' is 0.0, but it must be > 0"]),
-    (["{t}/ok.yaml", "batch_size=0"], ["'batch_size' is 0, but it must be >= 1"]),
+    (["{t}/ok.yaml", "batch_size=0"], ["'batch_size' is 0, but it must be >= 2"]),
+    (["{t}/ok.yaml", "batch_size=1"], ["'batch_size' is 1, but it must be >= 2 (batch normalisation cannot train"]),
+    (["{t}/ok.yaml", "seeds=[100000000000000000000]"], ["'seeds' is 100000000000000000000, but it must be <= 2147483647"]),
+    (["{t}/ok.yaml", "lr=.nan"], ["'lr' is nan, but it must be a finite number"]),
+    (["{t}/ok.yaml", "lr=.inf"], ["'lr' is inf, but it must be a finite number"]),
+    (["{t}/ok.yaml", "kd.T=.nan"], ["'kd.T' is nan, but it must be a finite number"]),
+    (["{t}/ok.yaml", "lr=1e9"], ["'lr' is 1000000000.0, but it must be <= 100"]),
+    (["{t}/ok.yaml", "ccm.cam_wieght=3"], ["unknown key 'ccm.cam_wieght'", "did you mean 'cam_weight'"]),
+    (["{t}/ok.yaml", "methods=[kd@]"], ["method 'kd@': a variant needs a name after '@'"]),
+    (["{t}/ok.yaml", "name=" + "x" * 300], ["cannot name a run directory"]),
+    (["{t}/ok.yaml", "name=../escape"], ["cannot name a run directory", "no '/', no '..'"]),
+    (["{t}/ok.yaml", "output_dir={t}/notckpt.pt"], ["output_dir", "notckpt.pt is a file, not a folder"]),
+    (["{t}/ok.yaml", "output_dir={t}/notckpt.pt/below"], ["notckpt.pt is a file, not a folder"]),
+    (["{t}/ok.yaml", "output_dir=/proc/kd-runs"], ["output_dir /proc/kd-runs is not writable"]),
+    (["{t}/duplicate.yaml"], ["duplicate.yaml:3: key 'epochs' appears twice (lines 1 and 3); keep one"]),
+    (["{t}/utf16.yaml"], ["utf16.yaml is not a UTF-8 text file"]),
+    (["{t}/latin1.yaml"], ["latin1.yaml is not a UTF-8 text file"]),
+    (["{t}/teacher4.pt"], ["teacher4.pt is not a UTF-8 text file", "not a checkpoint"]),
+    (["{t}"], ["is a folder, not a file"]),
+    (["{t}/ok.yaml", "imports=[{t}/syntax.py]"], ["imports entry", "syntax.py' has a syntax error at line 1"]),
+    (["{t}/ok.yaml", "imports=[{t}/raises.py]"], ["raises.py' raised RuntimeError: no GPU here while being imported"]),
+    (["{t}/ok.yaml", "imports=[{t}/needs.py]"], ["needs.py' needs the module 'no_such_package_kd'", "install it"]),
+    (["{t}/ok.yaml", "imports=[{t}/taken.py]"], ["distiller 'kd' is already registered", "another name"]),
+    (["{t}/ok.yaml", "imports=[no_such_module_kd]"], ["no module named 'no_such_module_kd'"]),
+    (["{t}/ok.yaml", "dataset=imagefolder", "data_root={t}/notckpt.pt"], ["data_root", "is a file, not a folder"]),
+    (["{t}/ok.yaml", "teacher_checkpoint={t}"], ["teacher checkpoint", "is a folder, not a file"]),
+    (["{t}/ok.yaml", "teacher_checkpoint={t}/module.pt"], ["holds a pickled Python object", "state_dict()"]),
+    (["{t}/ok.yaml", "teacher_checkpoint={t}/nan.pt"], ["holds NaN or infinite values"]),
+    (["report", "{t}/done", "--out", "{t}/notckpt.pt"], ["report --out", "that is a file"]),
     (["{t}/ok.yaml", "kd.kd_weight=lots"], ["'kd.kd_weight' must be a number, got 'lots'"]),
     (["{t}/ok.yaml", "student=resnet9"], ["unknown model 'resnet9'", "valid names"]),
     (["{t}/ok.yaml", "student=timm:resnet1888"], ["unknown timm model 'resnet1888'"]),
@@ -88,6 +132,7 @@ def test_bad_input(workspace, capsys, args, pieces):
         assert piece in lines[0], (piece, lines[0])
     assert not (workspace / "runs").exists()
     assert not list(workspace.glob("**/*.tmp"))
+    assert not (workspace / "done" / "report").exists()
 
 
 def test_debug_shows_the_traceback(workspace):

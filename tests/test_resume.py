@@ -68,7 +68,7 @@ def test_corrupt_last_checkpoint_falls_back_to_the_previous_one(tmp_path):
     assert (last.parent / "last.pt.prev").is_file()
     last.write_bytes(last.read_bytes()[:1000])  # truncated
     result = run_cli("--resume", str(run_dir), "epochs=3")
-    assert result.returncode == 2 and "different recipe (epochs differ)" in result.stderr
+    assert result.returncode == 2 and "epochs: 2 in the run, 3 now" in result.stderr
     from kd.engine.rundir import RunDir
     student = RunDir(run_dir).student("vanilla", 0)
     state = student.last_state()

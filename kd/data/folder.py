@@ -32,14 +32,21 @@ def _split_dir(root: Path, names: tuple[str, ...], what: str) -> Path:
     )
 
 
+def hidden(path: Path, below: Path) -> bool:
+    """Whether a path has a hidden part (.ipynb_checkpoints/, .DS_Store, ...) below `below`: never data."""
+    return any(part.startswith(".") for part in path.relative_to(below).parts)
+
+
 def scan_split(split: Path) -> tuple[list[str], list[tuple[Path, int]]]:
-    """Class names (sorted folder names) and (path, label) for every image below `split`."""
-    classes = sorted(d.name for d in split.iterdir() if d.is_dir())
+    """Class names (sorted folder names) and (path, label) for every image below `split`. Hidden entries
+    (names starting with '.', such as .ipynb_checkpoints/ or .DS_Store) are neither classes nor images."""
+    classes = sorted(d.name for d in split.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise KDError(f"data folder {split} has no class folders; put each class's images in {split}/<class>/")
     samples = []
     for label, name in enumerate(classes):
-        files = sorted(p for p in (split / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in (split / name).rglob("*")
+                       if p.suffix.lower() in IMAGE_SUFFIXES and not hidden(p, split / name))
         if not files:
             raise KDError(f"class folder {split / name} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         samples += [(p, label) for p in files]
@@ -50,6 +57,9 @@ def scan_root(root: str | None, test_names: tuple[str, ...]):
     if not root:
         raise KDError("this data set needs data_root: set data_root in the recipe (or data_root=PATH on the command line)")
     base = Path(root).expanduser()
+    if base.is_file():
+        raise KDError(f"data_root {base} is a file, not a folder; point data_root at the folder holding train/ and "
+                      f"{test_names[0]}/")
     if not base.is_dir():
         raise KDError(f"data_root {base} does not exist; point data_root at the folder holding train/ and {test_names[0]}/")
     train_dir, test_dir = _split_dir(base, ("train",), "training"), _split_dir(base, test_names, "test")
@@ -69,12 +79,13 @@ def scan_root(root: str | None, test_names: tuple[str, ...]):
 class FolderOptions:
     image_size: int | None = field(default=None, metadata={"min": 8, "help": "resize every image to this side; null keeps the files' size (must be uniform)"})
     max_in_memory_mb: int = field(default=4096, metadata={"min": 0, "help": "decode into memory when the decoded set is at most this large; else stream"})
+    workers: int | None = field(default=None, metadata={"min": 0, "help": "DataLoader worker processes when streamed; null: min(4, CPU cores)"})
 
 
 @dataclass
 class ImageNetOptions:
     image_size: int = field(default=224, metadata={"min": 8, "help": "training crop side"})
-    workers: int = field(default=8, metadata={"min": 0, "help": "DataLoader worker processes"})
+    workers: int | None = field(default=None, metadata={"min": 0, "help": "DataLoader worker processes; null: min(8, CPU cores)"})
 
 
 def image_side(path) -> tuple[int, int]:
@@ -109,7 +120,8 @@ class ImageFolder(DataSource):
         options = self.options
         classes, train, test = scan_root(self.root, ("test", "val"))
         if _estimate_mb(train + test, options.image_size) > options.max_in_memory_mb:
-            return _streaming_bundle("imagefolder", classes, train, test, options.image_size or 224, 4, None)
+            return _streaming_bundle("imagefolder", classes, train, test, options.image_size or 224,
+                                     default_workers(options.workers, 4), None)
         from rich.progress import track
 
         def as_set(samples, what) -> ImageSet:
@@ -133,8 +145,15 @@ class ImageNet(DataSource):
 
     def load(self) -> DataBundle:
         classes, train, test = scan_root(self.root, ("val",))
-        return _streaming_bundle("imagenet", classes, train, test, self.options.image_size, self.options.workers,
-                                 IMAGENET_STATS)
+        return _streaming_bundle("imagenet", classes, train, test, self.options.image_size,
+                                 default_workers(self.options.workers, 8), IMAGENET_STATS)
+
+
+def default_workers(asked: int | None, most: int) -> int:
+    """The workers asked for, else `most` but no more than the CPU cores (more only compete for them)."""
+    import os
+
+    return asked if asked is not None else min(most, os.cpu_count() or 1)
 
 
 def _streaming_bundle(name, classes, train, test, image_size, workers, stats) -> DataBundle:

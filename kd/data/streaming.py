@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from kd.data.images import read_rgb
+from kd.errors import KDError
 from kd.data.loader import epoch_generator
 
 
@@ -119,7 +120,21 @@ class StreamLoader:
         return len(self.loader)
 
     def __iter__(self):
-        for images, labels, index in self.loader:
+        batches = iter(self.loader)
+        while True:
+            try:
+                images, labels, index = next(batches)
+            except StopIteration:
+                return
+            except KDError as err:  # a worker's error arrives wrapped in its traceback: keep the one line
+                raise KDError(worker_message(err)) from None
             x = images.to(self.device, non_blocking=True).float().mul_(self.scale).sub_(self.shift)
             yield (x.contiguous(memory_format=self.memory_format), labels.to(self.device, non_blocking=True),
                    index.to(self.device, non_blocking=True))
+
+
+def worker_message(err: KDError) -> str:
+    """The KDError line a DataLoader worker raised, without the worker traceback the DataLoader wraps it in."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    last = lines[-1] if lines else str(err)
+    return last.split("KDError: ", 1)[1] if "KDError: " in last else last

@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -58,16 +59,27 @@ def _fsync_dir(folder: Path) -> None:
         os.close(dir_fd)
 
 
-def read_checkpoint(path: str | Path, what: str = "checkpoint"):
+def read_checkpoint(path: str | Path, what: str = "checkpoint", hint: str = ""):
+    """torch.load of tensors only (never code), or one KDError line saying what is wrong with the file;
+    `hint` is appended to that line (e.g. how to make the file again)."""
     path = Path(path)
+    hint = f"; {hint}" if hint else ""
+    if path.is_dir():
+        raise KDError(f"{what} {path} is a folder, not a file; give the checkpoint file itself{hint}")
     if not path.is_file():
-        raise KDError(f"{what} {path} does not exist")
+        raise KDError(f"{what} {path} does not exist{hint}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load fails in many ways on a damaged file (zip, pickle, struct errors)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch colours parts of its messages
+        unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if unsafe:
+            raise KDError(f"{what} {path} holds a pickled Python object ({unsafe.group(1)}), not tensors: kd loads "
+                          f"only tensors, never code from a file; save the weights with "
+                          f"torch.save(model.state_dict(), path) and give that file{hint}") from err
+        first = text.strip().splitlines()[0].split(". ")[0] if text.strip() else type(err).__name__
         raise KDError(f"{what} {path} is not a readable torch checkpoint ({first[:160]}); "
-                      f"it may be truncated or corrupt, or not a checkpoint at all") from err
+                      f"it may be truncated or corrupt, or not a checkpoint at all{hint}") from err
 
 
 def state_dict_of(obj, path) -> dict:
@@ -80,9 +92,10 @@ def state_dict_of(obj, path) -> dict:
     raise KDError(f"{path} holds no model state dict (expected a dict of tensors, or a dict whose 'model' entry is one)")
 
 
-def load_weights(model: nn.Module, path: str | Path, role: str, arch: str, num_classes: int) -> None:
-    """Load a checkpoint into `model`, naming exactly what does not fit and how to fix it."""
-    state = state_dict_of(read_checkpoint(path, f"{role} checkpoint"), path)
+def load_weights(model: nn.Module, path: str | Path, role: str, arch: str, num_classes: int, hint: str = "") -> None:
+    """Load a checkpoint into `model`, naming exactly what does not fit and how to fix it (`hint`: how to make
+    the file again, added to the message of a file that cannot be read)."""
+    state = state_dict_of(read_checkpoint(path, f"{role} checkpoint", hint), path)
     classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
     if classifier is not None:
         names = [n for n, m in model.named_modules() if m is classifier]
@@ -93,6 +106,10 @@ def load_weights(model: nn.Module, path: str | Path, role: str, arch: str, num_c
     own = model.state_dict()
     if own and all(k.startswith("model.") for k in own) and not any(k.startswith("model.") for k in state):
         state = {"model." + k: v for k, v in state.items()}  # a timm/torchvision checkpoint for an adapter
+    damaged = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if damaged:
+        raise KDError(f"{role} checkpoint {path} holds NaN or infinite values ({len(damaged)} tensors, e.g. "
+                      f"{damaged[0]}): it is damaged or from a run that diverged; use a good checkpoint")
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]

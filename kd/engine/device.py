@@ -25,9 +25,15 @@ class Hardware:
     def memory_format(self):
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
+    @property
+    def precision(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.autocast_dtype]
+
     def describe(self) -> str:
-        precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.autocast_dtype]
-        return f"{self.device} {precision}{' channels_last' if self.channels_last else ''}"
+        why = ""
+        if self.device.type == "cpu" and self.autocast_dtype is torch.bfloat16:
+            why = f" ({cpu_bf16_support()})"
+        return f"{self.device} {self.precision}{why}{' channels_last' if self.channels_last else ''}"
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -57,18 +63,49 @@ def set_determinism(deterministic: bool, device: torch.device) -> None:
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
 
 
+def cpu_bf16_support() -> str | None:
+    """The instruction set that lets this CPU compute in bf16 natively ('AMX' or 'AVX512-BF16'), or None.
+
+    Asked of torch's own CPU probes (the ones its oneDNN kernels dispatch on), then of /proc/cpuinfo's
+    flags: detected, never guessed. Without either, bf16 would be emulated and slower than fp32."""
+    probes = (("AMX", "_is_amx_tile_supported", "amx_bf16"), ("AVX512-BF16", "_is_avx512_bf16_supported", "avx512_bf16"))
+    flags = set()
+    try:
+        flags = {f for line in open("/proc/cpuinfo") if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+    except OSError:
+        pass
+    for name, probe, flag in probes:
+        check = getattr(torch.cpu, probe, None)
+        if (check is not None and check()) or flag in flags:
+            return name
+    return None
+
+
 def resolve_hardware(device_name: str, precision: str, channels_last: bool | None,
                      deterministic: bool = False, local_rank: int = 0) -> Hardware:
+    """Device, autocast dtype and memory format for a recipe's device / precision / channels_last.
+
+    precision auto: bf16 autocast on GPUs that support it and on CPUs that compute bf16 natively (AMX or
+    AVX512-BF16, see cpu_bf16_support), fp32 elsewhere. Under autocast the convolutions and matrix products run
+    in bf16 while what needs the range stays in fp32: parameters, gradients, optimiser state and BatchNorm
+    running statistics are fp32 tensors (autocast casts inputs, not modules), every loss term is computed in
+    fp32 (the distillers' `.float()`, kd/cam.py), and evaluation's cross-entropy too (kd/engine/evaluation.py)."""
     device = resolve_device(device_name, local_rank)
     set_determinism(deterministic, device)
     cuda = device.type == "cuda"
+    bf16_ok = torch.cuda.is_bf16_supported() if cuda else cpu_bf16_support() is not None
     if precision == "auto":
-        dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
+        dtype = torch.bfloat16 if bf16_ok else None
     elif precision == "fp32":
         dtype = None
+    elif precision == "bf16":
+        if not bf16_ok:
+            where = "this GPU" if cuda else "this CPU (no AMX or AVX512-BF16: bf16 would be emulated, slower than fp32)"
+            raise KDError(f"precision 'bf16' is not supported by {where}; use precision: auto or fp32")
+        dtype = torch.bfloat16
     elif not cuda:
-        raise KDError(f"precision '{precision}' needs a CUDA GPU; on the CPU use precision: fp32 (or auto)")
+        raise KDError(f"precision '{precision}' needs a CUDA GPU; on the CPU use precision: auto, bf16 or fp32")
     else:
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        dtype = torch.float16
     # channels_last measured faster on both: 25-50 % for the CIFAR resnets on a 2-core CPU (results/bench/)
     return Hardware(device, dtype, True if channels_last is None else channels_last, dtype is torch.float16)

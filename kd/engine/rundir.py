@@ -175,8 +175,9 @@ class RunDir:
                 found.append(StudentDir(metrics.parent, label, int(seed)))
         return sorted(found, key=lambda s: (order.get(s.label, len(order)), s.label, s.seed))
 
-    def write_recipe(self, text: str) -> None:
-        write_atomic(self.recipe_file, text.encode())
+    def write_recipe(self, text: str, note: str = "") -> None:
+        """recipe.yaml; `note` becomes a comment line above it (what the run resolved on its machine)."""
+        write_atomic(self.recipe_file, ((f"# {note}\n" if note else "") + text).encode())
 
     def recipe_mapping(self) -> dict:
         """recipe.yaml as a plain mapping (for reports and resume checks; kd.recipe.load_recipe validates it)."""
@@ -208,6 +209,28 @@ class RunDir:
             return []
         with open(self.summary_file, newline="") as f:
             return list(csv.DictReader(f))
+
+    def discard_if_unused(self) -> None:
+        """Remove a run directory in which no student has finished an epoch (a run that failed at once)."""
+        import shutil
+
+        if not any(self.path.glob("*/metrics.csv")):
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def archive(self, destination: str | Path) -> "RunDir":
+        """Copy what rebuilds this run's tables (recipe, summary, localisation scores, every student's
+        metrics.csv), not its checkpoints, to `destination`: the raw record kept beside committed results."""
+        import shutil
+
+        destination = Path(destination)
+        for name in (RECIPE, SUMMARY, self.localisation_file.name):
+            if (self.path / name).is_file():
+                destination.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(self.path / name, destination / name)
+        for student in self.students():
+            (destination / student.path.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(student.metrics_file, destination / student.path.name / student.metrics_file.name)
+        return RunDir(destination)
 
     # ---------------------------------------------------------------- the lock
 
@@ -262,14 +285,18 @@ class MetricsFile:
             # a loss term that starts later (after a warm-up): rewrite the file once with the wider header
             self.columns += [k for k in row if k not in self.columns]
             self._rewrite(self.rows())
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
+                if new:
+                    writer.writeheader()
+                writer.writerow(row)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:  # the checkpoint was saved first: a resumed run rewrites this file from it
+            raise KDError(f"cannot write {self.path} ({err.strerror or err}); the last checkpoint is kept: free "
+                          f"space or fix the folder, then resume the run (run_kd.py --resume RUN_DIR)") from None
 
     def replace(self, rows: list[dict]) -> None:
         """Make the file hold exactly `rows` (a resumed run restores what its checkpoint knew)."""

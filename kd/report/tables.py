@@ -1,7 +1,8 @@
 """Per-method tables from run directories, built with pandas from the saved metrics alone.
 
-One row per method (label): teacher top-1; student test top-1 at the last and at the best epoch, as
-mean and std over seeds; the gain of the last-epoch mean over the vanilla student's; top-5; convergence
+One row per method (label): teacher top-1; validation top-1 where the runs hold out a validation split;
+student test top-1 at the last epoch and at the validation-picked best epoch, as mean and std over seeds;
+the paired difference to the vanilla student and to KD over shared seeds with its 95 % interval; top-5; convergence
 (the first epoch at which the seed-mean test top-1 reaches 90 / 95 / 100 % of the vanilla student's final
 top-1, and the area under the top-1-vs-epoch curve, as the mean top-1 over epochs); images/s; extra
 parameters. Runs of several directories merge into one table.
@@ -14,6 +15,7 @@ import pandas as pd
 
 from kd.engine.rundir import RunDir
 from kd.errors import KDError
+from kd.report.stats import describe_difference, paired_difference
 
 CONVERGENCE = (90, 95, 100)
 
@@ -23,9 +25,13 @@ def load_metrics(run_dirs) -> pd.DataFrame:
     frames = []
     for run in (RunDir.open(path, "report") for path in run_dirs):
         recipe = run.recipe_mapping()
-        summary = {(r["method"], int(r["seed"])): r for r in run.summary_rows()}
+        try:
+            summary = {(r["method"], int(r["seed"])): r for r in run.summary_rows()}
+        except (KeyError, ValueError, TypeError):
+            raise KDError(f"{run.summary_file} is damaged (not the summary kd writes); delete it and resume the run "
+                          f"(run_kd.py --resume {run}) to write it again") from None
         for student in run.students():
-            frame = pd.read_csv(student.metrics_file)
+            frame = read_metrics(student.metrics_file, run)
             if frame.empty:
                 continue
             frame.insert(0, "method", student.label)
@@ -44,33 +50,93 @@ def load_metrics(run_dirs) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+REQUIRED = ("epoch", "train_top1", "test_top1", "test_top5", "images_per_s", "seconds")
+
+
+def read_metrics(path, run) -> pd.DataFrame:
+    """One student's metrics.csv, or one KDError line that says what is wrong with it and how to mend it."""
+    mend = f"resume the run (run_kd.py --resume {run}) to rewrite it from the last checkpoint, or remove that student's folder"
+    try:
+        frame = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise KDError(f"{path} is empty; {mend}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise KDError(f"{path} is not a readable metrics file ({first}); {mend}") from None
+    missing = [c for c in REQUIRED if c not in frame.columns]
+    if missing:
+        raise KDError(f"{path} is not a kd metrics file: it has no {', '.join(missing)} column; {mend}")
+    incomplete = frame[list(REQUIRED)].isna().any(axis=1)
+    if incomplete.any():
+        line = int(incomplete.to_numpy().nonzero()[0][0]) + 2  # + header, 1-based
+        raise KDError(f"{path} line {line} is incomplete (the run was stopped while writing it); {mend}")
+    for column in REQUIRED:
+        if not pd.api.types.is_numeric_dtype(frame[column]):
+            raise KDError(f"{path}: column {column} holds values that are not numbers; {mend}")
+    return frame
+
+
 def first_epoch_reaching(curve: pd.Series, level: float) -> float:
     hits = curve[curve >= level]
     return float(hits.index[0]) if len(hits) else math.nan
 
 
-def method_table(metrics: pd.DataFrame, baseline: str = "vanilla") -> pd.DataFrame:
-    """One row per method, in the order the methods first appear."""
+def per_seed(last: pd.DataFrame, method: str, column: str = "test_top1") -> dict:
+    """{(run, seed): value} of one method's last epochs."""
+    own = last[last["method"] == method]
+    return {(r, s): v for r, s, v in zip(own["run"], own["seed"], own[column])}
+
+
+def paired_to(last: pd.DataFrame, method: str, reference: str) -> dict:
+    """The paired difference of `method` minus `reference` in last-epoch test top-1 over shared seeds: students
+    of the same run and seed first; when the two never share a run (merged shards), by seed alone."""
+    a, b = per_seed(last, method), per_seed(last, reference)
+    if not set(a) & set(b):
+        a = {seed: v for (_, seed), v in a.items()}
+        b = {seed: v for (_, seed), v in b.items()}
+    return paired_difference(a, b)
+
+
+def val_picked(frame: pd.DataFrame) -> pd.Series:
+    """Per student, the test top-1 at the epoch of its best validation top-1 (the first such epoch)."""
+    picks = frame.loc[frame.groupby(["run", "method", "seed"])["val_top1"].idxmax()]
+    return picks.set_index(["run", "method", "seed"])["test_top1"]
+
+
+def method_table(metrics: pd.DataFrame, baseline: str = "vanilla", second: str = "kd") -> pd.DataFrame:
+    """One row per method, in the order the methods first appear.
+
+    Differences to `baseline` (vanilla) and `second` (kd) are paired over shared seeds with a 95 % interval
+    (kd.report.stats). Best-epoch figures are picked on the validation split and exist only where the runs
+    have one: choosing an epoch by its test accuracy would report a test number that was selected on test."""
     last = metrics.loc[metrics.groupby(["run", "method", "seed"])["epoch"].idxmax()]
-    best = metrics.groupby(["run", "method", "seed"])["test_top1"].max().reset_index()
+    has_val = "val_top1" in metrics and metrics["val_top1"].notna().any()
+    best = val_picked(metrics) if has_val else None
     mean_curves = metrics.groupby(["method", "epoch"])["test_top1"].mean()
-    reference = last[last["method"] == baseline]["test_top1"].mean() if baseline in set(metrics["method"]) else math.nan
+    methods = list(dict.fromkeys(metrics["method"]))
+    reference = last[last["method"] == baseline]["test_top1"].mean() if baseline in methods else math.nan
     rows = []
-    for method in dict.fromkeys(metrics["method"]):
+    for method in methods:
         own_last = last[last["method"] == method]
-        own_best = best[best["method"] == method]["test_top1"]
         curve = mean_curves.loc[method]
+        own_best = best.xs(method, level="method") if best is not None else pd.Series(dtype=float)
         row = {
             "method": method,
             "seeds": len(own_last),
             "teacher_top1": own_last["teacher_top1"].mean() if "teacher_top1" in own_last else math.nan,
+            "last_val_top1_mean": own_last["val_top1"].mean() if has_val else math.nan,
             "last_top1_mean": own_last["test_top1"].mean(),
             "last_top1_std": own_last["test_top1"].std(ddof=1) if len(own_last) > 1 else 0.0,
-            "best_top1_mean": own_best.mean(),
+            "best_top1_mean": own_best.mean() if len(own_best) else math.nan,
             "best_top1_std": own_best.std(ddof=1) if len(own_best) > 1 else 0.0,
             "gain_vs_vanilla": own_last["test_top1"].mean() - reference,
             "last_top5_mean": own_last["test_top5"].mean(),
         }
+        for name, other in (("vanilla", baseline), ("kd", second)):
+            d = paired_to(last, method, other) if other in methods and other != method else None
+            for key in ("mean", "low", "high", "n"):
+                row[f"vs_{name}_{key}"] = d[key] if d else math.nan
+            row[f"vs_{name}_excludes_zero"] = d["excludes_zero"] if d else None
         for pct in CONVERGENCE:
             row[f"epochs_to_{pct}pct"] = first_epoch_reaching(curve, reference * pct / 100)
         row["auc_top1"] = curve.mean()  # area under top-1 vs epoch, per epoch
@@ -89,15 +155,25 @@ def _fmt(value, digits=2) -> str:
 
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as strings: 'mean ± std' cells, epochs as integers, '-' where a level was never reached."""
+    """The table as strings: 'mean ± std' cells, paired differences as 'mean [low, high]' with a plain
+    column saying whether the interval excludes zero, epochs as integers, '-' where there is nothing."""
     out = pd.DataFrame({"method": table["method"], "seeds": table["seeds"].astype(str)})
     out["teacher"] = table["teacher_top1"].map(_fmt)
-    def spread(means, stds, seeds):
-        return [f"{m:.2f} ± {s:.2f}" if n > 1 else f"{m:.2f}" for m, s, n in zip(means, stds, seeds)]
 
+    def spread(means, stds, seeds):
+        return ["-" if math.isnan(m) else f"{m:.2f} ± {s:.2f}" if n > 1 else f"{m:.2f}"
+                for m, s, n in zip(means, stds, seeds)]
+
+    if table["last_val_top1_mean"].notna().any():
+        out["val top-1"] = table["last_val_top1_mean"].map(_fmt)
     out["last top-1"] = spread(table["last_top1_mean"], table["last_top1_std"], table["seeds"])
-    out["best top-1"] = spread(table["best_top1_mean"], table["best_top1_std"], table["seeds"])
-    out["gain"] = [f"{g:+.2f}" if not math.isnan(g) else "-" for g in table["gain_vs_vanilla"]]
+    if table["best_top1_mean"].notna().any():
+        out["best top-1 (val-picked)"] = spread(table["best_top1_mean"], table["best_top1_std"], table["seeds"])
+    for name in ("vanilla", "kd"):
+        diffs = [{"n": 0 if math.isnan(n) else int(n), "mean": m, "low": lo, "high": hi, "excludes_zero": ex}
+                 for n, m, lo, hi, ex in zip(*(table[f"vs_{name}_{k}"] for k in ("n", "mean", "low", "high", "excludes_zero")))]
+        out[f"Δ vs {name} [95% CI]"] = [describe_difference(d) for d in diffs]
+        out[f"excludes 0 ({name})"] = [plain_answer(d) for d in diffs]
     out["top-5"] = table["last_top5_mean"].map(_fmt)
     for pct in CONVERGENCE:
         out[f"ep→{pct}%"] = table[f"epochs_to_{pct}pct"].map(lambda v: _fmt(v, 0))
@@ -109,8 +185,44 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def plain_answer(d: dict) -> str:
+    if d["n"] == 0:
+        return "-"
+    if d["excludes_zero"] is None or (isinstance(d["excludes_zero"], float) and math.isnan(d["excludes_zero"])):
+        return "n/a"
+    return ("yes, higher" if d["mean"] > 0 else "yes, lower") if d["excludes_zero"] else "no (tie)"
+
+
 def to_markdown(display: pd.DataFrame) -> str:
     header = "| " + " | ".join(display.columns) + " |"
     rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(display.columns))) + "|"
     body = ["| " + " | ".join(str(v) for v in row) + " |" for row in display.itertuples(index=False)]
     return "\n".join([header, rule, *body])
+
+
+def setting_table(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str) -> pd.DataFrame:
+    """The same methods and seeds trained under two settings (say fp32 and bf16): per method, the last-epoch test
+    top-1 of each, and the paired difference b - a over shared seeds with its 95 % interval."""
+    last_a = a.loc[a.groupby(["method", "seed"])["epoch"].idxmax()]
+    last_b = b.loc[b.groupby(["method", "seed"])["epoch"].idxmax()]
+    rows = []
+    for method in dict.fromkeys(a["method"]):
+        top_a = dict(zip(last_a[last_a["method"] == method]["seed"], last_a[last_a["method"] == method]["test_top1"]))
+        top_b = dict(zip(last_b[last_b["method"] == method]["seed"], last_b[last_b["method"] == method]["test_top1"]))
+        d = paired_difference(top_b, top_a)
+        rows.append({"method": method, "seeds": d["n"],
+                     f"{name_a}_top1_mean": pd.Series(top_a).mean(), f"{name_a}_top1_std": pd.Series(top_a).std(ddof=1),
+                     f"{name_b}_top1_mean": pd.Series(top_b).mean(), f"{name_b}_top1_std": pd.Series(top_b).std(ddof=1),
+                     "diff_mean": d["mean"], "diff_low": d["low"], "diff_high": d["high"], "excludes_zero": d["excludes_zero"]})
+    return pd.DataFrame(rows)
+
+
+def setting_markdown(table: pd.DataFrame, name_a: str, name_b: str) -> str:
+    display = pd.DataFrame({"method": table["method"], "seeds": table["seeds"].astype(str)})
+    for name in (name_a, name_b):
+        display[f"{name} top-1"] = [f"{m:.2f} ± {s:.2f}" for m, s in zip(table[f"{name}_top1_mean"], table[f"{name}_top1_std"])]
+    diffs = [{"n": n, "mean": m, "low": lo, "high": hi, "excludes_zero": ex} for n, m, lo, hi, ex in
+             zip(table["seeds"], table["diff_mean"], table["diff_low"], table["diff_high"], table["excludes_zero"])]
+    display[f"Δ {name_b} - {name_a} [95% CI]"] = [describe_difference(d) for d in diffs]
+    display["excludes 0"] = [plain_answer(d) for d in diffs]
+    return to_markdown(display)
