@@ -89,7 +89,8 @@ def load_inputs(recipe: Recipe, console=None, ctx: Distributed = Distributed()):
     """Everything that can fail on bad input (hardware, data, teacher, each method's check of the models),
     done before any file is written."""
     hw = resolve_hardware(recipe.device, recipe.precision, recipe.channels_last, recipe.deterministic, ctx.local_rank)
-    data = load_data(recipe.dataset, recipe.data_options(), recipe.data_root, recipe.download, recipe.subset_per_class)
+    data = load_data(recipe.dataset, recipe.data_options(), recipe.data_root, recipe.download, recipe.subset_per_class,
+                     recipe.val_split)
     teacher = build_teacher(recipe, data.num_classes, hw, console)
     for method in recipe.methods:  # a method that refuses the pair (e.g. CAM on a non-GAP head) says so now
         method_class(method).check_models(create_model(recipe.student, data.num_classes), teacher,

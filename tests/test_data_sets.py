@@ -95,3 +95,59 @@ def test_cifar10_jpeg_copy_loads_as_an_image_folder(tmp_path):
     bundle = load_data("imagefolder", FolderOptions(), str(root))
     assert bundle.train.classes == ["airplane", "cat"]
     assert bundle.train.images.shape == (10, 3, 32, 32) and bundle.test.images.shape == (10, 3, 32, 32)
+
+
+def test_val_split_is_held_out_per_class_disjoint_and_the_same_every_time():
+    options = ShapesOptions(train_size=300, test_size=20, num_classes=4)
+    a = load_data("shapes", options, val_split=7, subset_per_class=40)
+    b = load_data("shapes", options, val_split=7, subset_per_class=40)
+    assert torch.bincount(a.val.labels).tolist() == [7] * 4 and torch.bincount(a.train.labels).tolist() == [40] * 4
+    assert torch.equal(a.val.images, b.val.images) and torch.equal(a.train.images, b.train.images)
+    whole = load_data("shapes", options).train
+    key = lambda images: {bytes(img.flatten().tolist()) for img in images}  # noqa: E731  (an image by its pixels)
+    assert not key(a.val.images) & key(a.train.images)  # no image is in both
+    assert key(a.val.images) | key(a.train.images) <= key(whole.images)
+    alone = load_data("shapes", options, subset_per_class=40)
+    assert not torch.equal(alone.train.images, a.train.images)  # the subset is drawn from what the split leaves
+    with pytest.raises(KDError, match="val_split is 100, but class"):
+        load_data("shapes", options, val_split=100)
+
+
+def tiny_archive(tmp_path, name, size=32, per_class=3):
+    """A .tar.gz of a JPEG folder in the CIFAR copies' layout (train/<class>/, test/<class>/)."""
+    root = make_folder(tmp_path / "src" / "copy", classes=("ant", "bee"), per_class=per_class, size=size)
+    archive = tmp_path / name
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname=".")
+    return archive
+
+
+def test_an_archive_data_root_is_unpacked_once_into_the_cache_and_decoded_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("KD_DATA", str(tmp_path / "cache"))
+    archive = tiny_archive(tmp_path, "mine.tar.gz")
+    bundle = load_data("cifar10", DATASETS.get("cifar10").Options(), str(archive))
+    assert bundle.train.classes == ["ant", "bee"] and bundle.train.images.shape == (6, 3, 32, 32)
+    assert bundle.mean == (0.4914, 0.4822, 0.4465)  # CIFAR-10's standard statistics, whatever the source
+    (unpacked,) = (tmp_path / "cache").iterdir()
+    assert unpacked.name.startswith("mine-") and (unpacked / ".kd-decoded-native.pt").is_file()
+    calls = []
+    monkeypatch.setattr(tarfile, "open", lambda *a, **k: calls.append(a))  # a second load must not unpack again
+    again = load_data("imagefolder", FolderOptions(), str(archive))
+    assert calls == [] and torch.equal(again.train.images, bundle.train.images)
+
+
+def test_a_damaged_copy_of_a_known_archive_and_a_wrong_image_size_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("KD_DATA", str(tmp_path / "cache"))
+    impostor = tiny_archive(tmp_path, "cifar100-jpeg.tar.gz")  # named like the published copy, but another file
+    with pytest.raises(KDError, match=r"has sha256 [0-9a-f]{64}, but the published cifar100-jpeg.tar.gz has 34a385"):
+        load_data("cifar100", DATASETS.get("cifar100").Options(), str(impostor))
+    big = tiny_archive(tmp_path / "b", "big.tar.gz", size=40)
+    with pytest.raises(KDError, match="are 40x40, not 32x32"):
+        load_data("cifar100", DATASETS.get("cifar100").Options(), str(big))
+
+
+def test_the_shared_cifar_archives_have_the_published_sha256():
+    from kd.data.archive import KNOWN_SHA256, sha256
+
+    for name, digest in KNOWN_SHA256.items():
+        assert sha256(shared_file("data", name)) == digest

@@ -50,6 +50,9 @@ class ImageSet:
         boxes = None if self.boxes is None else self.boxes[index]
         return ImageSet(self.images[index], self.labels[index], self.classes, boxes)
 
+    def for_evaluation(self) -> "ImageSet":
+        return self  # augmentation is the loader's business, by split
+
     def loader(self, bundle: "DataBundle", batch_size: int, device, train: bool, seed: int = 0, rank: int = 0,
                world_size: int = 1, channels_last: bool = False) -> TensorLoader:
         """Batches from memory, resident on the device, augmented there (kd.data.loader)."""

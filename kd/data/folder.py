@@ -7,11 +7,13 @@ a wrong root fails at once with one line.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from kd.data.archive import data_cache, is_archive, unpacked
 from kd.data.base import DataBundle, DataSource, DataSpec, ImageSet
 from kd.data.images import channel_stats, decode_images
 from kd.data.registry import DATASETS
@@ -88,6 +90,34 @@ class ImageNetOptions:
     workers: int | None = field(default=None, metadata={"min": 0, "help": "DataLoader worker processes; null: min(8, CPU cores)"})
 
 
+def decoded_splits(root: Path, classes, train, test, image_size: int | None) -> tuple[ImageSet, ImageSet]:
+    """The train and test images of a folder decoded into uint8 tensors. For a folder kd unpacked itself (an
+    archive in the data cache) the tensors are kept beside the files, so later runs skip the decoding."""
+    from rich.progress import track
+
+    cache = root / f".kd-decoded-{image_size or 'native'}.pt" if root.is_relative_to(data_cache()) else None
+    if cache is not None and cache.is_file():
+        saved = torch.load(cache, weights_only=True)
+        if saved["classes"] == classes and len(saved["train_labels"]) == len(train):
+            return (ImageSet(saved["train_images"], saved["train_labels"], classes),
+                    ImageSet(saved["test_images"], saved["test_labels"], classes))
+
+    def as_set(samples, what) -> ImageSet:
+        images = decode_images(track(samples, description=f"decoding {what} images", transient=True), image_size)
+        return ImageSet(images, torch.tensor([label for _, label in samples]), classes)
+
+    sets = as_set(train, "train"), as_set(test, "test")
+    if cache is not None:  # written whole or not at all (renamed into place), so a reader never sees half a file
+        partial = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+        try:
+            torch.save({"classes": classes, "train_images": sets[0].images, "train_labels": sets[0].labels,
+                        "test_images": sets[1].images, "test_labels": sets[1].labels}, partial)
+            os.replace(partial, cache)
+        except OSError:
+            partial.unlink(missing_ok=True)  # no room for the cache: the next run decodes again, nothing else lost
+    return sets
+
+
 def image_side(path) -> tuple[int, int]:
     """(height, width) of an image file from its header, with the same one-line error as a full decode."""
     from PIL import Image, UnidentifiedImageError
@@ -110,7 +140,8 @@ class ImageFolder(DataSource):
     """Any folder with train/ and test/ (or val/) holding one sub-folder of images per class."""
 
     def spec(self) -> DataSpec:
-        classes, train, test = scan_root(self.root, ("test", "val"))
+        classes, train, test = scan_root(str(unpacked(self.root)) if is_archive(self.root) else self.root,
+                                         ("test", "val"))
         side = self.options.image_size
         if side is None and _estimate_mb(train + test, None) > self.options.max_in_memory_mb:
             side = 224  # a streamed folder without image_size is cropped to ImageNet's size, as load() does
@@ -118,18 +149,12 @@ class ImageFolder(DataSource):
 
     def load(self) -> DataBundle:
         options = self.options
-        classes, train, test = scan_root(self.root, ("test", "val"))
+        root = str(unpacked(self.root)) if is_archive(self.root) else self.root
+        classes, train, test = scan_root(root, ("test", "val"))
         if _estimate_mb(train + test, options.image_size) > options.max_in_memory_mb:
             return _streaming_bundle("imagefolder", classes, train, test, options.image_size or 224,
                                      default_workers(options.workers, 4), None)
-        from rich.progress import track
-
-        def as_set(samples, what) -> ImageSet:
-            images = decode_images(track(samples, description=f"decoding {what} images", transient=True),
-                                   options.image_size)
-            return ImageSet(images, torch.tensor([label for _, label in samples]), classes)
-
-        train_set, test_set = as_set(train, "train"), as_set(test, "test")
+        train_set, test_set = decoded_splits(Path(root), classes, train, test, options.image_size)
         mean, std = channel_stats(train_set.images)
         padding = max(1, train_set.images.shape[-1] // 8)
         return DataBundle("imagefolder", train_set, test_set, mean, std, augment="crop_flip", crop_padding=padding)

@@ -44,6 +44,10 @@ class FileSet(Dataset):
     def subset(self, index: torch.Tensor) -> "FileSet":
         return FileSet([self.samples[i] for i in index.tolist()], self.classes, self.side, self.train, self.workers)
 
+    def for_evaluation(self) -> "FileSet":
+        """The same files with the evaluation transform (resize + centre crop), for a validation split."""
+        return FileSet(self.samples, self.classes, self.side, False, self.workers)
+
     def loader(self, bundle, batch_size: int, device, train: bool, seed: int = 0, rank: int = 0,
                world_size: int = 1, channels_last: bool = False) -> "StreamLoader":
         return StreamLoader(self, batch_size, bundle.mean, bundle.std, device, train, self.workers, seed, rank,

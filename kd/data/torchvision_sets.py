@@ -1,15 +1,20 @@
-"""CIFAR-10 and CIFAR-100 through torchvision, held in memory as uint8 tensors.
-
-Nothing is downloaded unless the recipe says `download: true`; offline, a missing data set is a
-one-line error that says where it was looked for and how to get it.
+"""CIFAR-10 and CIFAR-100, held in memory as uint8 tensors, from any of three sources:
+- `data_root` is a JPEG copy's archive (e.g. ../shared/data/cifar100-jpeg.tar.gz): checked, unpacked once into
+  the data cache and decoded once (kd.data.archive);
+- `data_root` is a folder with train/ and test/ class folders (such a copy unpacked), whose sorted class names
+  are the official label order;
+- otherwise torchvision's own files (`cifar-100-python` below data_root, default ~/.cache/kd/data or
+  $KD_DATA), fetched only when the recipe says `download: true`.
+Offline, a missing data set is a one-line error that says where it was looked for and how to get it.
+Normalisation uses the standard per-channel statistics of the training set, whatever the source.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
+from kd.data.archive import data_cache, is_archive, unpacked
 from kd.data.base import DataBundle, DataSource, DataSpec, ImageSet
 from kd.data.registry import DATASETS
 from kd.errors import KDError
@@ -23,18 +28,30 @@ FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 
 
 def default_root() -> Path:
-    return Path(os.environ.get("KD_DATA", Path.home() / ".cache" / "kd" / "data"))
+    return data_cache()
 
 
 def _load_cifar(name: str, root: str | None, download: bool) -> DataBundle:
     from torchvision import datasets
 
+    mean, std = CIFAR_STATS[name]
+    folder = unpacked(root) if is_archive(root) else Path(root).expanduser() if root else None
+    if folder is not None and (folder / "train").is_dir():
+        from kd.data.folder import decoded_splits, scan_root
+
+        classes, train, test = scan_root(str(folder), ("test",))
+        train_set, test_set = decoded_splits(folder, classes, train, test, None)
+        if train_set.image_size != (32, 32):
+            raise KDError(f"{name}: the images in {folder} are {train_set.image_size[0]}x{train_set.image_size[1]}, "
+                          f"not 32x32; point data_root at a CIFAR copy, or use dataset: imagefolder")
+        return DataBundle(name, train_set, test_set, mean, std, augment="crop_flip", crop_padding=4)
     base = Path(root).expanduser() if root else default_root()
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     if not download and not (base / FOLDERS[name]).is_dir():
         raise KDError(
             f"{name} not found: looked for {base / FOLDERS[name]}; set data_root to the folder that "
-            f"holds '{FOLDERS[name]}', or set download: true in the recipe to fetch it"
+            f"holds '{FOLDERS[name]}', to a JPEG copy's archive or folder (e.g. "
+            f"../shared/data/{name}-jpeg.tar.gz), or set download: true in the recipe to fetch it"
         )
     try:
         splits = [cls(str(base), train=train, download=download) for train in (True, False)]
@@ -45,7 +62,6 @@ def _load_cifar(name: str, root: str | None, download: bool) -> DataBundle:
         images = torch.from_numpy(split.data).permute(0, 3, 1, 2).contiguous()
         return ImageSet(images, torch.tensor(split.targets, dtype=torch.long), list(split.classes))
 
-    mean, std = CIFAR_STATS[name]
     return DataBundle(name, as_set(splits[0]), as_set(splits[1]), mean, std, augment="crop_flip", crop_padding=4)
 
 

@@ -30,7 +30,7 @@ class SavedRun:
         self.run = RunDir.open(run_dir, "report")
         self.recipe = load_recipe(self.run.recipe_file, ["resume=null"])
         r = self.recipe
-        self.data = load_data(r.dataset, r.data_options(), r.data_root, r.download, r.subset_per_class)
+        self.data = load_data(r.dataset, r.data_options(), r.data_root, r.download, r.subset_per_class, r.val_split)
         self.hw = resolve_hardware("cpu" if not torch.cuda.is_available() else "auto", "fp32", False)
         self.teacher = None
         if r.teacher and r.teacher_checkpoint and Path(r.teacher_checkpoint).is_file():
