@@ -7,8 +7,9 @@
    `python run_kd.py compare recipes/quickstart.yaml`, teacher training included;
 2. with the teacher cached, the same comparison with the shared teacher pass (default) and with
    shared_teacher=false (one student after another), to measure what the shared pass saves.
-Writes results/quickstart/{timing.md, table.md, table.csv, curves.png, cams.png}. A cached quickstart
-teacher is moved aside for step 1 and put back afterwards.
+Writes results/quickstart/{timing.md, table.md, table.csv, curves.png, cams.png} and the cold-start run's
+recipe and per-epoch metrics under results/quickstart/runs/. A cached quickstart teacher is moved aside for
+step 1 and put back afterwards.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 OUT = ROOT / "results" / "quickstart"
 TEACHER = ROOT / "teachers" / "cache" / "quickstart-resnet20.pt"
 
@@ -58,10 +60,16 @@ def main() -> None:
     shared = timed("compare", "recipes/quickstart.yaml", f"output_dir={work / 'shared'}")
     sequential = timed("compare", "recipes/quickstart.yaml", "shared_teacher=false", f"output_dir={work / 'sequential'}")
 
+    from kd.engine.rundir import RunDir
+
     OUT.mkdir(parents=True, exist_ok=True)
-    report = next((work / "cold").iterdir()) / "report"
+    run = next((work / "cold").iterdir())
     for name in ("table.md", "table.csv", "curves.png", "cams.png"):
-        shutil.copy(report / name, OUT / name)
+        shutil.copy(run / "report" / name, OUT / name)
+    shutil.rmtree(OUT / "runs", ignore_errors=True)
+    RunDir(run).archive(OUT / "runs" / run.name)  # the raw record the table is rebuilt from
+    (OUT / "runs" / run.name / "command.txt").write_text(f"python run_kd.py compare recipes/quickstart.yaml "
+                                                        f"output_dir={work / 'cold'}\n")
     (OUT / "timing.md").write_text(f"""# Quickstart demo timing
 
 Made by `python bench/quickstart.py` on {time.strftime('%Y-%m-%d')}: {cpu_name()}, {os.cpu_count()} CPU cores,

@@ -49,7 +49,7 @@ def test_overrides_are_validated_like_the_file(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("student: resnet8\nepohcs: 3\n", r"r.yaml:2: unknown key 'epohcs' \(did you mean 'epochs'\?\)"),
     ("student: resnet8\nlr: -0.1\n", r"r.yaml:2: 'lr' is -0.1, but it must be > 0"),
-    ("student: resnet8\nbatch_size: 0\n", r"'batch_size' is 0, but it must be >= 1"),
+    ("student: resnet8\nbatch_size: 0\n", r"'batch_size' is 0, but it must be >= 2"),
     ("student: resnet8\nepochs: -1\n", r"'epochs' is -1, but it must be >= 1"),
     ("pair: quickstart\nmethods: [kd]\nkd: {T: 0}\n", r"r.yaml:3: 'kd.T' is 0.0, but it must be > 0"),
     ("pair: quickstart\nmethods: [kd]\nkd:\n  kd_weight: heavy\n", r"r.yaml:4: 'kd.kd_weight' must be a number, got 'heavy'"),

@@ -99,6 +99,8 @@ def plot_cams(run_dir: Path, path: Path, count: int = 6) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not has_student_checkpoints(run_dir):
+        return None  # an archived run without its checkpoints: no picture (an existing one stays)
     run = SavedRun(run_dir)
     test = run.data.test
     # one image per class where possible, so the rows show different shapes
@@ -158,11 +160,17 @@ def plot_cams(run_dir: Path, path: Path, count: int = 6) -> Path | None:
     return path
 
 
+def has_student_checkpoints(run_dir) -> bool:
+    return any(s.last_checkpoint.is_file() for s in RunDir(run_dir).students())
+
+
 def localisation_columns(run_dirs) -> pd.DataFrame | None:
     """Mean localisation scores per method over the given runs (computing missing ones), or None."""
     frames = []
     for run_dir in run_dirs:
         saved = RunDir(run_dir).localisation_file
+        if not saved.is_file() and not has_student_checkpoints(run_dir):
+            continue  # an archived run without its checkpoints: nothing to score
         try:
             frame = pd.read_csv(saved) if saved.is_file() else localisation(run_dir)
         except KDError:

@@ -226,3 +226,35 @@ def setting_markdown(table: pd.DataFrame, name_a: str, name_b: str) -> str:
     display[f"Δ {name_b} - {name_a} [95% CI]"] = [describe_difference(d) for d in diffs]
     display["excludes 0"] = [plain_answer(d) for d in diffs]
     return to_markdown(display)
+
+
+def selection_table(metrics: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """For choosing a setting on validation: per method, last-epoch validation and test top-1 (mean ± std over
+    seeds) and the paired validation difference to `reference` (the current default) with its 95 % interval.
+    Only the validation columns may choose; test is shown, never used to choose."""
+    last = metrics.loc[metrics.groupby(["run", "method", "seed"])["epoch"].idxmax()]
+    rows = []
+    for method in dict.fromkeys(metrics["method"]):
+        own = last[last["method"] == method]
+        d = paired_difference(per_seed(last, method, "val_top1"), per_seed(last, reference, "val_top1")) \
+            if method != reference else None
+        rows.append({"method": method, "seeds": len(own),
+                     "val_top1_mean": own["val_top1"].mean(), "val_top1_std": own["val_top1"].std(ddof=1),
+                     "test_top1_mean": own["test_top1"].mean(), "test_top1_std": own["test_top1"].std(ddof=1),
+                     "val_diff_mean": d["mean"] if d else math.nan, "val_diff_low": d["low"] if d else math.nan,
+                     "val_diff_high": d["high"] if d else math.nan, "val_diff_n": d["n"] if d else 0,
+                     "val_excludes_zero": d["excludes_zero"] if d else None})
+    return pd.DataFrame(rows)
+
+
+def selection_markdown(table: pd.DataFrame, reference: str) -> str:
+    display = pd.DataFrame({"method": table["method"], "seeds": table["seeds"].astype(str)})
+    display["val top-1"] = [f"{m:.2f} ± {s:.2f}" for m, s in zip(table["val_top1_mean"], table["val_top1_std"])]
+    diffs = [{"n": int(n), "mean": m, "low": lo, "high": hi, "excludes_zero": ex} for n, m, lo, hi, ex in
+             zip(table["val_diff_n"], table["val_diff_mean"], table["val_diff_low"], table["val_diff_high"],
+                 table["val_excludes_zero"])]
+    display[f"Δ val vs {reference} [95% CI]"] = [describe_difference(d) for d in diffs]
+    display["excludes 0"] = [plain_answer(d) for d in diffs]
+    display["test top-1 (reported, not used to choose)"] = [f"{m:.2f} ± {s:.2f}" for m, s in
+                                                            zip(table["test_top1_mean"], table["test_top1_std"])]
+    return to_markdown(display)

@@ -17,7 +17,7 @@ def write_report(run_dirs, out_dir: Path, command: str, console=None, pictures: 
 
     metrics = load_metrics(run_dirs)
     table = method_table(metrics)
-    scores = localisation_columns(run_dirs) if pictures else None
+    scores = localisation_columns(run_dirs)
     teacher_scores = ""
     if scores is not None:
         teacher = scores[scores["method"] == "teacher"]
