@@ -36,6 +36,7 @@ class Registry(Generic[T]):
                               f"register yours under another name")
             if options is not None:
                 obj.Options = options
+            obj.registered_name = key  # the name recipes use (messages name options as <name>.<option>)
             self._entries[key] = obj
             return obj
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from kd.distillers.base import BaseOptions, Distiller, choose_stage_pairs, probe_shapes
+from kd.distillers.base import BaseOptions, StagePairDistiller
 from kd.distillers.registry import DISTILLERS
 
 
@@ -60,23 +60,11 @@ class ATOptions(BaseOptions):
 
 
 @DISTILLERS.register("at", options=ATOptions)
-class AT(Distiller):
+class AT(StagePairDistiller):
     """Attention transfer: the student matches the teacher's spatial attention maps (channel mean of |f|^p) stage by stage."""
 
     groups = ("mission", "feature")
     paper = "Zagoruyko & Komodakis, ICLR 2017, Paying More Attention to Attention"
 
-    def __init__(self, student, teacher, options, data):
-        super().__init__(student, teacher, options, data)
-        self.pairs = choose_stage_pairs("at", probe_shapes(student, data.input_size),
-                                        probe_shapes(teacher, data.input_size), options.pairs)
-
-    @classmethod
-    def check_models(cls, student, teacher, options, data):
-        choose_stage_pairs("at", probe_shapes(student, data.input_size), probe_shapes(teacher, data.input_size), options.pairs)
-
-    def forward(self, images, targets, teacher, epoch=0):
-        o = self.options
-        out = self.student.forward_features(images)
-        term = sum(at_loss(out.stages[s], teacher.stages[t], o.p) for s, t in self.pairs)
-        return out.logits, {"ce": self.ce(out.logits, targets), "at": o.feat_weight * term}
+    def pair_loss(self, student_map, teacher_map):
+        return at_loss(student_map, teacher_map, self.options.p)

@@ -153,3 +153,32 @@ class Distiller(nn.Module):
 
     def extra_parameter_count(self) -> int:
         return sum(p.numel() for m in self.extra_modules() for p in m.parameters())
+
+
+class StagePairDistiller(Distiller):
+    """Base of the methods that match student and teacher stage maps pair by pair (AT, SP, NST).
+
+    The pairs come from `options.pairs` (or every stage with the same index) and are checked against the
+    models' stage shapes before a run starts. A subclass gives `pair_loss(student_map, teacher_map)`, the
+    unweighted term of one pair; the method's term is feat_weight times its sum over the pairs."""
+
+    def __init__(self, student, teacher, options, data):
+        super().__init__(student, teacher, options, data)
+        self.pairs = self.choose_pairs(student, teacher, options, data)
+
+    @classmethod
+    def choose_pairs(cls, student, teacher, options, data) -> list[tuple[int, int]]:
+        return choose_stage_pairs(cls.registered_name, probe_shapes(student, data.input_size),
+                                  probe_shapes(teacher, data.input_size), options.pairs)
+
+    @classmethod
+    def check_models(cls, student, teacher, options, data):
+        cls.choose_pairs(student, teacher, options, data)
+
+    def pair_loss(self, student_map: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, images, targets, teacher, epoch=0):
+        out = self.student.forward_features(images)
+        term = sum(self.pair_loss(out.stages[s], teacher.stages[t].detach()) for s, t in self.pairs)
+        return out.logits, {"ce": self.ce(out.logits, targets), self.registered_name: self.options.feat_weight * term}

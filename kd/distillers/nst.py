@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from kd.distillers.base import BaseOptions, Distiller, choose_stage_pairs, probe_shapes
+from kd.distillers.base import BaseOptions, StagePairDistiller
 from kd.distillers.registry import DISTILLERS
 
 
@@ -67,22 +67,11 @@ class NSTOptions(BaseOptions):
 
 
 @DISTILLERS.register("nst", options=NSTOptions)
-class NST(Distiller):
+class NST(StagePairDistiller):
     """Neuron selectivity transfer: MMD (polynomial kernel) between the student's and teacher's channel-map distributions, stage by stage."""
 
     groups = ("feature",)
     paper = "Huang & Wang, arXiv:1707.01219 2017, Like What You Like: Knowledge Distill via Neuron Selectivity Transfer"
 
-    def __init__(self, student, teacher, options, data):
-        super().__init__(student, teacher, options, data)
-        self.pairs = choose_stage_pairs("nst", probe_shapes(student, data.input_size),
-                                        probe_shapes(teacher, data.input_size), options.pairs)
-
-    @classmethod
-    def check_models(cls, student, teacher, options, data):
-        choose_stage_pairs("nst", probe_shapes(student, data.input_size), probe_shapes(teacher, data.input_size), options.pairs)
-
-    def forward(self, images, targets, teacher, epoch=0):
-        out = self.student.forward_features(images)
-        term = sum(nst_loss(out.stages[s], teacher.stages[t].detach()) for s, t in self.pairs)
-        return out.logits, {"ce": self.ce(out.logits, targets), "nst": self.options.feat_weight * term}
+    def pair_loss(self, student_map, teacher_map):
+        return nst_loss(student_map, teacher_map)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from kd.distillers.base import BaseOptions, Distiller, choose_stage_pairs, probe_shapes
+from kd.distillers.base import BaseOptions, StagePairDistiller
 from kd.distillers.registry import DISTILLERS
 
 
@@ -51,22 +51,11 @@ class SPOptions(BaseOptions):
 
 
 @DISTILLERS.register("sp", options=SPOptions)
-class SP(Distiller):
+class SP(StagePairDistiller):
     """Similarity-preserving KD: the student matches the teacher's batch similarity (Gram) matrix of the last stage."""
 
     groups = ("feature",)
     paper = "Tung & Mori, ICCV 2019, Similarity-Preserving Knowledge Distillation"
 
-    def __init__(self, student, teacher, options, data):
-        super().__init__(student, teacher, options, data)
-        self.pairs = choose_stage_pairs("sp", probe_shapes(student, data.input_size),
-                                        probe_shapes(teacher, data.input_size), options.pairs)
-
-    @classmethod
-    def check_models(cls, student, teacher, options, data):
-        choose_stage_pairs("sp", probe_shapes(student, data.input_size), probe_shapes(teacher, data.input_size), options.pairs)
-
-    def forward(self, images, targets, teacher, epoch=0):
-        out = self.student.forward_features(images)
-        term = sum(sp_loss(out.stages[s], teacher.stages[t].detach()) for s, t in self.pairs)
-        return out.logits, {"ce": self.ce(out.logits, targets), "sp": self.options.feat_weight * term}
+    def pair_loss(self, student_map, teacher_map):
+        return sp_loss(student_map, teacher_map)
