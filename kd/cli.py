@@ -38,6 +38,9 @@ def make_parser() -> ArgumentParser:
     compare.add_argument("recipe", help="recipe YAML file (methods default to the mission group, the seven of kd's mission)")
     compare.add_argument("overrides", nargs="*", help="key=value, e.g. methods=[kd,ccm] seeds=[0,1,2]")
     compare.add_argument("--fresh", action="store_true", help="start a new comparison even if an interrupted one exists")
+    compare.add_argument("--shard", metavar="I/N", help="train only the I-th (1-based) of N disjoint slices of the "
+                                                         "students, in a run directory of its own; merge the N run "
+                                                         "directories with `run_kd.py report DIR1 DIR2 ...`")
     report = sub.add_parser("report", help="rebuild tables and plots from run directories, without training")
     report.add_argument("run_dirs", nargs="+", help="run directories (several merge into one table)")
     report.add_argument("--out", help="output folder (default: the first run directory's report/)")
@@ -73,7 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         first = next((a for a in argv if not a.startswith("-")), None)
         if (first is not None and first not in COMMANDS) or (argv and argv[0] == "--resume"):
             argv.insert(0, "run")
-        args = make_parser().parse_args(argv)
+        parser = make_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # key=value after an option (`compare R --shard 1/4 epochs=2`): argparse leaves those over
+            if not hasattr(args, "overrides") or any(a.startswith("-") for a in extra):
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            args.overrides = [*args.overrides, *extra]
         if imports:
             from kd.recipe import run_imports
 
@@ -175,10 +183,12 @@ def cmd_compare(args) -> int:
     overrides = list(args.overrides)
     if "methods" not in raw and not any(o.split("=", 1)[0].strip() == "methods" for o in overrides):
         overrides.insert(0, "methods=[mission]")
+    if args.shard is not None:
+        overrides.append(f"shard={args.shard}")
     recipe = load_recipe(args.recipe, overrides)
     con = console()
     if not args.fresh and recipe.resume is None:
-        unfinished = RunDir.find_interrupted(recipe.output_dir, recipe.name, recipe.to_yaml())
+        unfinished = RunDir.find_interrupted(recipe.output_dir, recipe.run_name, recipe.to_yaml())
         if unfinished is not None:
             con.print(f"resuming the interrupted comparison in {unfinished} (--fresh starts a new one)")
             recipe.resume = str(unfinished)
@@ -187,6 +197,9 @@ def cmd_compare(args) -> int:
         result = run_recipe(recipe, con, progress)
     if result.is_main:
         write_report([result.run_dir.path], result.run_dir.path / "report", command_line(), con)
+        if recipe.shard is not None:
+            con.print(f"this is shard {recipe.shard} of the comparison; when every shard has finished, merge their "
+                      f"run directories into one table with `python run_kd.py report DIR1 DIR2 ... --out FOLDER`")
     return 0
 
 
