@@ -16,6 +16,7 @@ from kd.engine.distributed import Distributed, barrier, broadcast, init_distribu
 from kd.engine.evaluation import evaluate
 from kd.engine.optim import make_optimizer, make_scheduler
 from kd.engine.rundir import RunDir
+from kd.engine.scalars import TensorBoardLog, require_tensorboard
 from kd.engine.trainee import Trainee, unwrap
 from kd.engine.trainer import Trainer
 from kd.errors import KDError
@@ -82,12 +83,15 @@ def build_trainee(recipe: Recipe, method: str, seed: int, teacher, spec: DataSpe
                                recipe.warmup_epochs)
     scaler = torch.amp.GradScaler(hw.device.type) if hw.use_scaler else None
     files = run.student(method, seed)
-    return Trainee(files.path.name, wrap_ddp(distiller, hw, ctx), optimizer, scheduler, files, scaler)
+    scalars = TensorBoardLog(files.tensorboard_dir) if "tensorboard" in recipe.log else None
+    return Trainee(files.path.name, wrap_ddp(distiller, hw, ctx), optimizer, scheduler, files, scaler, scalars=scalars)
 
 
 def load_inputs(recipe: Recipe, console=None, ctx: Distributed = Distributed()):
     """Everything that can fail on bad input (hardware, data, teacher, each method's check of the models),
     done before any file is written."""
+    if "tensorboard" in recipe.log:
+        require_tensorboard(recipe.source or "recipe")
     hw = resolve_hardware(recipe.device, recipe.precision, recipe.channels_last, recipe.deterministic, ctx.local_rank)
     data = load_data(recipe.dataset, recipe.data_options(), recipe.data_root, recipe.download, recipe.subset_per_class,
                      recipe.val_split)

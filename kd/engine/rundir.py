@@ -8,6 +8,8 @@
             checkpoints/last.pt      the full resumable state (last.pt.prev: the one before)
             checkpoints/best.pt      the student's weights at its best epoch
         localisation.csv             CAM localisation scores, written by `report` (data sets with boxes)
+        tensorboard/<label>-s<seed>/ TensorBoard event files per student (recipe `log: [csv, tensorboard]`), so that
+                                     `tensorboard --logdir <run>/tensorboard` shows every student of the run
         .lock                        held (flock) by the process training in it
 
 Every other module reaches these files through RunDir and StudentDir; nothing else spells a path.
@@ -28,6 +30,7 @@ from kd.errors import KDError
 
 RECIPE = "recipe.yaml"
 SUMMARY = "summary.csv"
+TENSORBOARD = "tensorboard"
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,11 @@ class StudentDir:
     @property
     def best_checkpoint(self) -> Path:
         return self.path / "checkpoints" / "best.pt"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        """Beside the other students' (not inside this folder): one --logdir shows them all."""
+        return self.path.parent / TENSORBOARD / self.path.name
 
     def last_state(self) -> dict | None:
         """The newest readable resumable checkpoint, falling back to the previous one if the newest is corrupt;
@@ -157,6 +165,10 @@ class RunDir:
     @property
     def localisation_file(self) -> Path:
         return self.path / "localisation.csv"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / TENSORBOARD
 
     @property
     def finished(self) -> bool:
