@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kd.errors import KDError
 
-COMMANDS = ("run", "compare", "teacher", "list", "report", "bench")
+COMMANDS = ("run", "compare", "teacher", "evaluate", "list", "report", "bench")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -55,6 +55,14 @@ def make_parser() -> ArgumentParser:
     teacher.add_argument("pair")
     teacher.add_argument("overrides", nargs="*", help="key=value overrides of the teacher recipe")
     teacher.add_argument("--retrain", action="store_true", help="train even when the checkpoint exists")
+    evaluate = sub.add_parser("evaluate", help="test top-1, top-5, loss (and CAM localisation) of saved checkpoints")
+    evaluate.add_argument("target", metavar="CHECKPOINT_OR_RUN_DIR",
+                          help="a run directory (every student's last checkpoint) or one checkpoint file")
+    evaluate.add_argument("--data", metavar="NAME", help="data set (default: the run's, or the pair's)")
+    evaluate.add_argument("--data-root", metavar="PATH", help="its data_root (default: the run's or the pair's)")
+    evaluate.add_argument("--arch", metavar="NAME", help="architecture of a checkpoint that does not name it "
+                                                        "(the benchmark's format, a bare state dict)")
+    evaluate.add_argument("--out", metavar="FILE", help="also write the rows to this CSV file")
     listing = sub.add_parser("list", help="show models, data sets, distillers, pairs and recipes")
     listing.add_argument("what", nargs="?", default="all",
                          choices=["all", "models", "datasets", "distillers", "pairs", "recipes"])
@@ -89,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             make_parser().print_help()
             return 0
-        handlers = {"run": cmd_run, "compare": cmd_compare, "teacher": cmd_teacher, "list": cmd_list,
-                    "report": cmd_report, "bench": cmd_bench}
+        handlers = {"run": cmd_run, "compare": cmd_compare, "teacher": cmd_teacher, "evaluate": cmd_evaluate,
+                    "list": cmd_list, "report": cmd_report, "bench": cmd_bench}
         return handlers[args.command](args)
     except KDError as err:
         if debug:
@@ -214,6 +222,43 @@ def cmd_report(args) -> int:
     RunDir.check_writable(out)
     write_report(args.run_dirs, out, command_line(), console(), published=args.published)
     return 0
+
+
+def cmd_evaluate(args) -> int:
+    from kd.engine.checkpoint import write_atomic
+    from kd.engine.rundir import RunDir
+    from kd.evaluate import plan, rows_csv, run_evaluation
+
+    out = Path(args.out).expanduser() if args.out else None
+    if out is not None:  # checked first: a long evaluation never ends in an unwritable file
+        if out.is_dir():
+            raise KDError(f"evaluate --out {out}: that is a folder; give a file name, e.g. --out evaluation.csv")
+        RunDir.check_writable(out.parent)
+    subjects, setting = plan(args.target, args.data, args.data_root, args.arch)
+    con = console()
+    with progress_bar(con) as progress:
+        rows = run_evaluation(subjects, setting, con, progress)
+    print_evaluation(con, rows, args.target)
+    if out is not None:
+        write_atomic(out, rows_csv(rows))
+        con.print(f"written to {out}")
+    return 0
+
+
+def print_evaluation(con, rows: list[dict], target: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"test split, {target}")
+    columns = [("model", "model"), ("arch", "arch"), ("epoch", "epoch"), ("test_top1", "top-1 %"),
+               ("test_top5", "top-5 %"), ("test_loss", "loss"), ("loc_energy", "CAM in box %"),
+               ("loc_pointing", "pointing %")]
+    columns = [(key, title) for key, title in columns if any(key in row for row in rows)]
+    for key, title in columns:
+        table.add_column(title, justify="left" if key in ("model", "arch") else "right")
+    for row in rows:
+        table.add_row(*["-" if row.get(key) is None else f"{row[key]:.2f}" if isinstance(row[key], float)
+                        else str(row[key]) for key, _ in columns])
+    con.print(table)
 
 
 def cmd_bench(args) -> int:

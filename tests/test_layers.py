@@ -14,7 +14,7 @@ LAYERS = [
     ("components", ["kd.models", "kd.data", "kd.distillers"]),
     ("configuration", ["kd.recipe", "kd.pairs"]),
     ("engine and report", ["kd.engine", "kd.report"]),
-    ("run", ["kd.run", "kd.teacher", "kd.throughput"]),
+    ("run", ["kd.run", "kd.teacher", "kd.throughput", "kd.evaluate"]),
     ("cli", ["kd.cli", "kd.__main__"]),
 ]
 # Within the components: models know nothing of data or distillers, data nothing of models or distillers.

@@ -136,6 +136,19 @@ class RunDir:
                 return run
         return None
 
+    @classmethod
+    def holding(cls, checkpoint: str | Path) -> "tuple[RunDir, StudentDir] | None":
+        """The run directory and student a checkpoint file belongs to (<run>/<label>-s<seed>/checkpoints/x.pt),
+        or None for a file elsewhere."""
+        path = Path(checkpoint).resolve()
+        if path.parent.name != "checkpoints" or len(path.parents) < 3:
+            return None
+        label, sep, seed = path.parents[1].name.rpartition("-s")
+        run = cls(path.parents[2])
+        if not (sep and seed.isdigit() and run.recipe_file.is_file()):
+            return None
+        return run, StudentDir(path.parents[1], label, int(seed))
+
     @staticmethod
     def check_writable(output_dir: str | Path) -> None:
         """Refuse, before any data or teacher is loaded, an output_dir where no run directory can be made.
