@@ -55,6 +55,10 @@ def make_parser() -> ArgumentParser:
     teacher.add_argument("pair")
     teacher.add_argument("overrides", nargs="*", help="key=value overrides of the teacher recipe")
     teacher.add_argument("--retrain", action="store_true", help="train even when the checkpoint exists")
+    teacher.add_argument("--download", action="store_true",
+                         help="fetch the pair's published teacher (the URLs teachers/pairs.yaml lists) instead of "
+                              "training it; key=value overrides of the teacher recipe set where its data is "
+                              "(data_root=...) for the evaluation that follows")
     evaluate = sub.add_parser("evaluate", help="test top-1, top-5, loss (and CAM localisation) of saved checkpoints")
     evaluate.add_argument("target", metavar="CHECKPOINT_OR_RUN_DIR",
                           help="a run directory (every student's last checkpoint) or one checkpoint file")
@@ -142,10 +146,25 @@ def console():
 
 
 def progress_bar(con):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    return Progress(TextColumn("{task.description}"), BarColumn(), count_column(), TimeElapsedColumn(),
                     TimeRemainingColumn(), console=con, transient=True)
+
+
+def count_column():
+    """done/total: steps for most tasks, sizes (kB, MB) for downloads (tasks added with bytes=True)."""
+    from rich.progress import DownloadColumn, MofNCompleteColumn, ProgressColumn
+
+    class CountColumn(ProgressColumn):
+        def __init__(self):
+            super().__init__()
+            self.steps, self.size = MofNCompleteColumn(), DownloadColumn()
+
+        def render(self, task):
+            return (self.size if task.fields.get("bytes") else self.steps).render(task)
+
+    return CountColumn()
 
 
 def cmd_run(args) -> int:
@@ -295,18 +314,24 @@ def cmd_teacher(args) -> int:
     from kd.engine.checkpoint import read_checkpoint
     from kd.pairs import get_pair
     from kd.teacher import train_teacher
+    from kd.teacher_download import download_teacher
 
     pair = get_pair(args.pair)
+    if args.download and args.retrain:
+        raise KDError("teacher: --download fetches the published teacher and --retrain trains one; choose one")
     con = console()
     if pair.checkpoint_path.is_file() and not args.retrain:
         state = read_checkpoint(pair.checkpoint_path, "teacher checkpoint")
         top1 = state.get("test_top1") if isinstance(state, dict) else None
         con.print(f"pair '{pair.name}': teacher {pair.teacher} at {pair.checkpoint_path}"
                   + (f" (test top-1 {top1:.2f}%)" if isinstance(top1, float) else "")
-                  + "; --retrain trains it again")
+                  + ("; remove it to download it again" if args.download else "; --retrain trains it again"))
         return 0
     with progress_bar(con) as progress:
-        train_teacher(pair, args.overrides, con, progress)
+        if args.download:
+            download_teacher(pair, args.overrides, con, progress)
+        else:
+            train_teacher(pair, args.overrides, con, progress)
     return 0
 
 
@@ -345,7 +370,8 @@ def cmd_list(args) -> int:
             table.add_column(column)
         for name, pair in all_pairs().items():
             have = "present" if pair.checkpoint_path.is_file() else (
-                "trained on demand" if pair.train_on_demand else f"missing: run_kd.py teacher {name}")
+                "trained on demand" if pair.train_on_demand else f"missing: run_kd.py teacher {name}"
+                + (" --download" if pair.downloadable else ""))
             table.add_row(name, pair.teacher, pair.student, pair.dataset, f"{pair.teacher_checkpoint} ({have})")
         con.print(table)
     if what in ("all", "recipes"):

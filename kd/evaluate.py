@@ -123,9 +123,10 @@ def epoch_of(obj) -> int | None:
     return epoch if isinstance(epoch, int) else None
 
 
-def run_evaluation(subjects: list[Subject], setting: Setting, console=None, progress=None) -> list[dict]:
-    """One row per subject: test top-1, top-5 (%), loss, and loc_energy / loc_pointing (%) where there are boxes."""
-    data = load_data(setting.dataset, setting.options, setting.root)
+def run_evaluation(subjects: list[Subject], setting: Setting, console=None, progress=None, data=None) -> list[dict]:
+    """One row per subject: test top-1, top-5 (%), loss, and loc_energy / loc_pointing (%) where there are boxes.
+    `data`: the setting's data set, when the caller has loaded it already."""
+    data = data if data is not None else load_data(setting.dataset, setting.options, setting.root)
     try:
         hw = resolve_hardware("auto", setting.precision, setting.channels_last)
     except KDError:  # the run's precision does not exist here (fp16 on a CPU): evaluate in fp32
