@@ -1,7 +1,9 @@
-"""Command line: run / teacher / list (compare, report and bench build on the same pieces).
+"""Command line: run / teacher / list (compare, report, evaluate and bench build on the same pieces).
 
     python run_kd.py RECIPE.yaml [key=value ...]      train every method of the recipe
-    python run_kd.py teacher PAIR [key=value ...]     train (or report) the pair's teacher
+    python run_kd.py compare RECIPE.yaml [--shard I/N] train them side by side (or one slice), then tables and plots
+    python run_kd.py teacher PAIR [--download]         train (or fetch, or report) the pair's teacher
+    python run_kd.py evaluate CHECKPOINT_OR_RUN_DIR    test accuracy and loss of saved checkpoints
     python run_kd.py list [models|datasets|distillers|pairs|recipes]
 
 Bad input of any kind (recipe, argument, data folder, checkpoint) prints one line and exits with
