@@ -7,6 +7,7 @@ against the component's own options dataclass. `key=value` overrides (dotted for
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -334,6 +335,15 @@ def validate(recipe: Recipe) -> Recipe:
         recipe.method_options(label)
     recipe.data_options()
     return recipe
+
+
+def default_of(key: str):
+    """A recipe key's default value (None for a key that is no field of Recipe): what a recipe saved before the key
+    existed meant, so that older run directories still resume and merge."""
+    for f in dataclasses.fields(Recipe):
+        if f.name == key and f.init:
+            return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return None
 
 
 def shard_numbers(shard: str, where: str = "recipe") -> tuple[int, int]:

@@ -97,3 +97,22 @@ def test_report_refuses_runs_of_different_recipes_and_merges_other_seeds(tmp_pat
     line = one_line(capsys, "cannot merge runs of different recipes: epochs, lr differ",
                     f"lr: 0.05 in {runs['a']}, 0.1 in {runs['lr']}")
     assert "seeds" not in line.split("differ")[0] and not (tmp_path / "no").exists(), line
+
+
+def test_recipes_saved_before_log_and_shard_existed_still_resume_and_merge(tmp_path):
+    from kd.engine.rundir import RunDir
+    from kd.report.merge import differences
+
+    recipe = load_recipe(small_recipe(tmp_path), [])
+    text = recipe.to_yaml()
+    old = "".join(line for line in text.splitlines(keepends=True) if not line.startswith(("log:", "shard:")))
+    assert old != text
+    run = RunDir(tmp_path / "old")
+    run.path.mkdir()
+    run.write_recipe(old)
+    assert run.recipe_differences(text) == []
+    assert run.recipe_differences(load_recipe(small_recipe(tmp_path), ["shard=1/2"]).to_yaml()) == ["shard"]
+    assert differences(run.recipe_mapping(), {**run.recipe_mapping(), "log": ["csv"], "shard": "2/2"}) == []
+    # a method section only one run has is no difference (that run did not train the method); one both have is
+    assert differences(run.recipe_mapping(), {**run.recipe_mapping(), "epochs": 3, "ccm": {"cam_weight": 2.0}}) == ["epochs"]
+    assert differences(run.recipe_mapping(), {**run.recipe_mapping(), "kd": {"T": 2.0}}) == ["kd"]

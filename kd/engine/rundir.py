@@ -215,10 +215,13 @@ class RunDir:
         return data
 
     def recipe_differences(self, recipe_yaml: str) -> list[str]:
-        """The top-level keys whose values differ between this run's recipe and `recipe_yaml` (resume ignored)."""
+        """The top-level keys whose values differ between this run's recipe and `recipe_yaml` (resume ignored; a
+        key missing from a recipe saved before it existed counts as its default)."""
+        from kd.recipe import default_of
+
         ours, theirs = yaml.safe_load(recipe_yaml), self.recipe_mapping()
         ours.pop("resume", None), theirs.pop("resume", None)
-        return [k for k in dict.fromkeys([*ours, *theirs]) if ours.get(k) != theirs.get(k)]
+        return [k for k in dict.fromkeys([*ours, *theirs]) if ours.get(k, default_of(k)) != theirs.get(k, default_of(k))]
 
     def write_summary(self, rows: list[dict]) -> None:
         import io

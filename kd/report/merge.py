@@ -6,23 +6,13 @@ would mix different experiments in one row, so `report` refuses it, naming the k
 """
 from __future__ import annotations
 
-import dataclasses
-
 from kd.engine.rundir import RunDir
 from kd.errors import KDError
-from kd.recipe import Recipe, is_section
+from kd.recipe import default_of, is_section
 
 # name, output_dir and resume name or place a run; shard, methods and seeds choose its students; checkpoint_every
 # and log change what is saved, not what is trained
 MAY_DIFFER = ("name", "output_dir", "resume", "shard", "methods", "seeds", "checkpoint_every", "log")
-
-
-def recipe_default(key: str):
-    """A Recipe field's default, for recipes saved before the field existed (None for anything else)."""
-    for f in dataclasses.fields(Recipe):
-        if f.name == key:
-            return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-    return None
 
 
 def differences(a: dict, b: dict) -> list[str]:
@@ -34,7 +24,7 @@ def differences(a: dict, b: dict) -> list[str]:
             continue
         if (key in a) != (key in b) and is_section(str(key)):
             continue
-        if a.get(key, recipe_default(key)) != b.get(key, recipe_default(key)):
+        if a.get(key, default_of(key)) != b.get(key, default_of(key)):
             found.append(key)
     return found
 
@@ -46,8 +36,8 @@ def check_mergeable(runs: list[RunDir]) -> None:
         other = run.recipe_mapping()
         keys = differences(first, other)
         if keys:
-            shown = "; ".join(f"{k}: {short(first.get(k, recipe_default(k)))} in {runs[0]}, "
-                              f"{short(other.get(k, recipe_default(k)))} in {run}" for k in keys)
+            shown = "; ".join(f"{k}: {short(first.get(k, default_of(k)))} in {runs[0]}, "
+                              f"{short(other.get(k, default_of(k)))} in {run}" for k in keys)
             raise KDError(f"report: cannot merge runs of different recipes: {', '.join(keys)} differ ({shown}); merge "
                           f"only runs of one recipe (they may differ in {', '.join(MAY_DIFFER)}), or report each "
                           f"run on its own")
