@@ -1,7 +1,9 @@
-"""Command line: run / teacher / list (compare, report and bench build on the same pieces).
+"""Command line: run / teacher / list (compare, report, evaluate and bench build on the same pieces).
 
     python run_kd.py RECIPE.yaml [key=value ...]      train every method of the recipe
-    python run_kd.py teacher PAIR [key=value ...]     train (or report) the pair's teacher
+    python run_kd.py compare RECIPE.yaml [--shard I/N] train them side by side (or one slice), then tables and plots
+    python run_kd.py teacher PAIR [--download]         train (or fetch, or report) the pair's teacher
+    python run_kd.py evaluate CHECKPOINT_OR_RUN_DIR    test accuracy and loss of saved checkpoints
     python run_kd.py list [models|datasets|distillers|pairs|recipes]
 
 Bad input of any kind (recipe, argument, data folder, checkpoint) prints one line and exits with
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from kd.errors import KDError
 
-COMMANDS = ("run", "compare", "teacher", "list", "report", "bench")
+COMMANDS = ("run", "compare", "teacher", "evaluate", "list", "report", "bench")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -38,6 +40,9 @@ def make_parser() -> ArgumentParser:
     compare.add_argument("recipe", help="recipe YAML file (methods default to the mission group, the seven of kd's mission)")
     compare.add_argument("overrides", nargs="*", help="key=value, e.g. methods=[kd,ccm] seeds=[0,1,2]")
     compare.add_argument("--fresh", action="store_true", help="start a new comparison even if an interrupted one exists")
+    compare.add_argument("--shard", metavar="I/N", help="train only the I-th (1-based) of N disjoint slices of the "
+                                                         "students, in a run directory of its own; merge the N run "
+                                                         "directories with `run_kd.py report DIR1 DIR2 ...`")
     report = sub.add_parser("report", help="rebuild tables and plots from run directories, without training")
     report.add_argument("run_dirs", nargs="+", help="run directories (several merge into one table)")
     report.add_argument("--out", help="output folder (default: the first run directory's report/)")
@@ -52,6 +57,18 @@ def make_parser() -> ArgumentParser:
     teacher.add_argument("pair")
     teacher.add_argument("overrides", nargs="*", help="key=value overrides of the teacher recipe")
     teacher.add_argument("--retrain", action="store_true", help="train even when the checkpoint exists")
+    teacher.add_argument("--download", action="store_true",
+                         help="fetch the pair's published teacher (the URLs teachers/pairs.yaml lists) instead of "
+                              "training it; key=value overrides of the teacher recipe set where its data is "
+                              "(data_root=...) for the evaluation that follows")
+    evaluate = sub.add_parser("evaluate", help="test top-1, top-5, loss (and CAM localisation) of saved checkpoints")
+    evaluate.add_argument("target", metavar="CHECKPOINT_OR_RUN_DIR",
+                          help="a run directory (every student's last checkpoint) or one checkpoint file")
+    evaluate.add_argument("--data", metavar="NAME", help="data set (default: the run's, or the pair's)")
+    evaluate.add_argument("--data-root", metavar="PATH", help="its data_root (default: the run's or the pair's)")
+    evaluate.add_argument("--arch", metavar="NAME", help="architecture of a checkpoint that does not name it "
+                                                        "(the benchmark's format, a bare state dict)")
+    evaluate.add_argument("--out", metavar="FILE", help="also write the rows to this CSV file")
     listing = sub.add_parser("list", help="show models, data sets, distillers, pairs and recipes")
     listing.add_argument("what", nargs="?", default="all",
                          choices=["all", "models", "datasets", "distillers", "pairs", "recipes"])
@@ -73,7 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         first = next((a for a in argv if not a.startswith("-")), None)
         if (first is not None and first not in COMMANDS) or (argv and argv[0] == "--resume"):
             argv.insert(0, "run")
-        args = make_parser().parse_args(argv)
+        parser = make_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # key=value after an option (`compare R --shard 1/4 epochs=2`): argparse leaves those over
+            if not hasattr(args, "overrides") or any(a.startswith("-") for a in extra):
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            args.overrides = [*args.overrides, *extra]
         if imports:
             from kd.recipe import run_imports
 
@@ -81,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             make_parser().print_help()
             return 0
-        handlers = {"run": cmd_run, "compare": cmd_compare, "teacher": cmd_teacher, "list": cmd_list,
-                    "report": cmd_report, "bench": cmd_bench}
+        handlers = {"run": cmd_run, "compare": cmd_compare, "teacher": cmd_teacher, "evaluate": cmd_evaluate,
+                    "list": cmd_list, "report": cmd_report, "bench": cmd_bench}
         return handlers[args.command](args)
     except KDError as err:
         if debug:
@@ -126,10 +148,25 @@ def console():
 
 
 def progress_bar(con):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    return Progress(TextColumn("{task.description}"), BarColumn(), count_column(), TimeElapsedColumn(),
                     TimeRemainingColumn(), console=con, transient=True)
+
+
+def count_column():
+    """done/total: steps for most tasks, sizes (kB, MB) for downloads (tasks added with bytes=True)."""
+    from rich.progress import DownloadColumn, MofNCompleteColumn, ProgressColumn
+
+    class CountColumn(ProgressColumn):
+        def __init__(self):
+            super().__init__()
+            self.steps, self.size = MofNCompleteColumn(), DownloadColumn()
+
+        def render(self, task):
+            return (self.size if task.fields.get("bytes") else self.steps).render(task)
+
+    return CountColumn()
 
 
 def cmd_run(args) -> int:
@@ -175,10 +212,12 @@ def cmd_compare(args) -> int:
     overrides = list(args.overrides)
     if "methods" not in raw and not any(o.split("=", 1)[0].strip() == "methods" for o in overrides):
         overrides.insert(0, "methods=[mission]")
+    if args.shard is not None:
+        overrides.append(f"shard={args.shard}")
     recipe = load_recipe(args.recipe, overrides)
     con = console()
     if not args.fresh and recipe.resume is None:
-        unfinished = RunDir.find_interrupted(recipe.output_dir, recipe.name, recipe.to_yaml())
+        unfinished = RunDir.find_interrupted(recipe.output_dir, recipe.run_name, recipe.to_yaml())
         if unfinished is not None:
             con.print(f"resuming the interrupted comparison in {unfinished} (--fresh starts a new one)")
             recipe.resume = str(unfinished)
@@ -187,6 +226,9 @@ def cmd_compare(args) -> int:
         result = run_recipe(recipe, con, progress)
     if result.is_main:
         write_report([result.run_dir.path], result.run_dir.path / "report", command_line(), con)
+        if recipe.shard is not None:
+            con.print(f"this is shard {recipe.shard} of the comparison; when every shard has finished, merge their "
+                      f"run directories into one table with `python run_kd.py report DIR1 DIR2 ... --out FOLDER`")
     return 0
 
 
@@ -201,6 +243,43 @@ def cmd_report(args) -> int:
     RunDir.check_writable(out)
     write_report(args.run_dirs, out, command_line(), console(), published=args.published)
     return 0
+
+
+def cmd_evaluate(args) -> int:
+    from kd.engine.checkpoint import write_atomic
+    from kd.engine.rundir import RunDir
+    from kd.evaluate import plan, rows_csv, run_evaluation
+
+    out = Path(args.out).expanduser() if args.out else None
+    if out is not None:  # checked first: a long evaluation never ends in an unwritable file
+        if out.is_dir():
+            raise KDError(f"evaluate --out {out}: that is a folder; give a file name, e.g. --out evaluation.csv")
+        RunDir.check_writable(out.parent)
+    subjects, setting = plan(args.target, args.data, args.data_root, args.arch)
+    con = console()
+    with progress_bar(con) as progress:
+        rows = run_evaluation(subjects, setting, con, progress)
+    print_evaluation(con, rows, args.target)
+    if out is not None:
+        write_atomic(out, rows_csv(rows))
+        con.print(f"written to {out}")
+    return 0
+
+
+def print_evaluation(con, rows: list[dict], target: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"test split, {target}")
+    columns = [("model", "model"), ("arch", "arch"), ("epoch", "epoch"), ("test_top1", "top-1 %"),
+               ("test_top5", "top-5 %"), ("test_loss", "loss"), ("loc_energy", "CAM in box %"),
+               ("loc_pointing", "pointing %")]
+    columns = [(key, title) for key, title in columns if any(key in row for row in rows)]
+    for key, title in columns:
+        table.add_column(title, justify="left" if key in ("model", "arch") else "right")
+    for row in rows:
+        table.add_row(*["-" if row.get(key) is None else f"{row[key]:.2f}" if isinstance(row[key], float)
+                        else str(row[key]) for key, _ in columns])
+    con.print(table)
 
 
 def cmd_bench(args) -> int:
@@ -237,18 +316,24 @@ def cmd_teacher(args) -> int:
     from kd.engine.checkpoint import read_checkpoint
     from kd.pairs import get_pair
     from kd.teacher import train_teacher
+    from kd.teacher_download import download_teacher
 
     pair = get_pair(args.pair)
+    if args.download and args.retrain:
+        raise KDError("teacher: --download fetches the published teacher and --retrain trains one; choose one")
     con = console()
     if pair.checkpoint_path.is_file() and not args.retrain:
         state = read_checkpoint(pair.checkpoint_path, "teacher checkpoint")
         top1 = state.get("test_top1") if isinstance(state, dict) else None
         con.print(f"pair '{pair.name}': teacher {pair.teacher} at {pair.checkpoint_path}"
                   + (f" (test top-1 {top1:.2f}%)" if isinstance(top1, float) else "")
-                  + "; --retrain trains it again")
+                  + ("; remove it to download it again" if args.download else "; --retrain trains it again"))
         return 0
     with progress_bar(con) as progress:
-        train_teacher(pair, args.overrides, con, progress)
+        if args.download:
+            download_teacher(pair, args.overrides, con, progress)
+        else:
+            train_teacher(pair, args.overrides, con, progress)
     return 0
 
 
@@ -287,7 +372,8 @@ def cmd_list(args) -> int:
             table.add_column(column)
         for name, pair in all_pairs().items():
             have = "present" if pair.checkpoint_path.is_file() else (
-                "trained on demand" if pair.train_on_demand else f"missing: run_kd.py teacher {name}")
+                "trained on demand" if pair.train_on_demand else f"missing: run_kd.py teacher {name}"
+                + (" --download" if pair.downloadable else ""))
             table.add_row(name, pair.teacher, pair.student, pair.dataset, f"{pair.teacher_checkpoint} ({have})")
         con.print(table)
     if what in ("all", "recipes"):

@@ -24,6 +24,9 @@ class Pair:
     teacher_checkpoint: str = field(metadata={"help": "path of the teacher checkpoint, relative to the kd home"})
     teacher_recipe: str = field(metadata={"help": "recipe that trains the teacher"})
     train_on_demand: bool = field(default=False, metadata={"help": "train the teacher when it is missing (cheap pairs only)"})
+    teacher_urls: list[str] = field(default_factory=list, metadata={"help": "where `run_kd.py teacher PAIR --download` fetches the published teacher, tried in order: the checkpoint file itself, or a tar archive holding it at teacher_member"})
+    teacher_member: str | None = field(default=None, metadata={"help": "path of the checkpoint inside the archive that teacher_urls point at (none: they point at the checkpoint file)"})
+    teacher_weights: str | None = field(default=None, metadata={"help": "torchvision weights that `--download` takes the teacher from instead, e.g. ResNet34_Weights.IMAGENET1K_V1"})
     about: str = ""
     name: str = ""
 
@@ -38,10 +41,17 @@ class Pair:
     def remake_hint(self) -> str:
         return f"make it again with `python run_kd.py teacher {self.name} --retrain`"
 
+    @property
+    def downloadable(self) -> bool:
+        """Whether `run_kd.py teacher PAIR --download` can fetch a published teacher."""
+        return bool(self.teacher_urls or self.teacher_weights)
+
     def missing_checkpoint(self) -> KDError:
         """The error for a run that needs this pair's teacher while its checkpoint is not there."""
-        return KDError(f"teacher checkpoint {self.checkpoint_path} does not exist; make it with "
-                       f"`python run_kd.py teacher {self.name}` (or put a published checkpoint there)")
+        published = (f"download the published one with `python run_kd.py teacher {self.name} --download`, or train "
+                     f"it with `python run_kd.py teacher {self.name}`" if self.downloadable else
+                     f"make it with `python run_kd.py teacher {self.name}` (or put a published checkpoint there)")
+        return KDError(f"teacher checkpoint {self.checkpoint_path} does not exist; {published}")
 
 
 def all_pairs() -> dict[str, Pair]:

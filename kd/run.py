@@ -16,6 +16,7 @@ from kd.engine.distributed import Distributed, barrier, broadcast, init_distribu
 from kd.engine.evaluation import evaluate
 from kd.engine.optim import make_optimizer, make_scheduler
 from kd.engine.rundir import RunDir
+from kd.engine.scalars import TensorBoardLog, require_tensorboard
 from kd.engine.trainee import Trainee, unwrap
 from kd.engine.trainer import Trainer
 from kd.errors import KDError
@@ -82,12 +83,15 @@ def build_trainee(recipe: Recipe, method: str, seed: int, teacher, spec: DataSpe
                                recipe.warmup_epochs)
     scaler = torch.amp.GradScaler(hw.device.type) if hw.use_scaler else None
     files = run.student(method, seed)
-    return Trainee(files.path.name, wrap_ddp(distiller, hw, ctx), optimizer, scheduler, files, scaler)
+    scalars = TensorBoardLog(files.tensorboard_dir) if "tensorboard" in recipe.log else None
+    return Trainee(files.path.name, wrap_ddp(distiller, hw, ctx), optimizer, scheduler, files, scaler, scalars=scalars)
 
 
 def load_inputs(recipe: Recipe, console=None, ctx: Distributed = Distributed()):
     """Everything that can fail on bad input (hardware, data, teacher, each method's check of the models),
     done before any file is written."""
+    if "tensorboard" in recipe.log:
+        require_tensorboard(recipe.source or "recipe")
     hw = resolve_hardware(recipe.device, recipe.precision, recipe.channels_last, recipe.deterministic, ctx.local_rank)
     data = load_data(recipe.dataset, recipe.data_options(), recipe.data_root, recipe.download, recipe.subset_per_class,
                      recipe.val_split)
@@ -119,7 +123,7 @@ def run_recipe(recipe: Recipe, console=None, progress=None) -> RunResult:
     if ctx.is_main:
         RunDir.check_writable(recipe.output_dir)
     hw, data, teacher = load_inputs(recipe, console, ctx)
-    run = RunDir.create(recipe.output_dir, recipe.name) if ctx.is_main else None
+    run = RunDir.create(recipe.output_dir, recipe.run_name) if ctx.is_main else None
     if run is not None:
         run.write_recipe(recipe.to_yaml(), f"resolved on this machine: device, precision, memory format = {hw.describe()}")
     run = RunDir(broadcast(None if run is None else str(run.path)))  # the folder rank 0 made, on every rank
@@ -151,8 +155,9 @@ def train_students(recipe: Recipe, run: RunDir, hw, data, teacher, ctx: Distribu
         teacher_top1 = evaluate(teacher, evals["test"], hw)["test_top1"]
         if console is not None:
             console.print(f"teacher {recipe.teacher}: test top-1 {teacher_top1:.2f}%")
-    groups = [[(m, s) for m in recipe.methods] for s in recipe.seeds] if recipe.shared_teacher else \
-        [[(m, s)] for s in recipe.seeds for m in recipe.methods]
+    students = recipe.students()  # all of the recipe's, or its shard's slice
+    groups = [[(m, s) for m, s in students if s == seed] for seed in dict.fromkeys(s for _, s in students)] \
+        if recipe.shared_teacher else [[student] for student in students]
     per_rank_batch = recipe.batch_size // ctx.world_size
     if per_rank_batch < 2 or len(data.train) // ctx.world_size < 2:
         raise KDError(f"each of the {ctx.world_size} processes would train on batches of {per_rank_batch} of "

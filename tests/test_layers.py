@@ -10,11 +10,11 @@ from conftest import ROOT
 
 # Layers, lowest first. A module may import its own layer or lower ones only.
 LAYERS = [
-    ("base", ["kd", "kd.errors", "kd.registry", "kd.yamlio", "kd.options", "kd.cam", "kd.home"]),
+    ("base", ["kd", "kd.errors", "kd.registry", "kd.yamlio", "kd.options", "kd.cam", "kd.home", "kd.fetch"]),
     ("components", ["kd.models", "kd.data", "kd.distillers"]),
     ("configuration", ["kd.recipe", "kd.pairs"]),
     ("engine and report", ["kd.engine", "kd.report"]),
-    ("run", ["kd.run", "kd.teacher", "kd.throughput"]),
+    ("run", ["kd.run", "kd.teacher", "kd.throughput", "kd.evaluate", "kd.teacher_download"]),
     ("cli", ["kd.cli", "kd.__main__"]),
 ]
 # Within the components: models know nothing of data or distillers, data nothing of models or distillers.

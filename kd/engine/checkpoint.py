@@ -59,17 +59,19 @@ def _fsync_dir(folder: Path) -> None:
         os.close(dir_fd)
 
 
-def read_checkpoint(path: str | Path, what: str = "checkpoint", hint: str = ""):
+def read_checkpoint(path: str | Path, what: str = "checkpoint", hint: str = "", data: bytes | None = None):
     """torch.load of tensors only (never code), or one KDError line saying what is wrong with the file;
-    `hint` is appended to that line (e.g. how to make the file again)."""
-    path = Path(path)
+    `hint` is appended to that line (e.g. how to make the file again). `data`: the file's bytes, already in
+    memory (a download), with `path` naming where they came from."""
     hint = f"; {hint}" if hint else ""
-    if path.is_dir():
-        raise KDError(f"{what} {path} is a folder, not a file; give the checkpoint file itself{hint}")
-    if not path.is_file():
-        raise KDError(f"{what} {path} does not exist{hint}")
+    if data is None:
+        path = Path(path)
+        if path.is_dir():
+            raise KDError(f"{what} {path} is a folder, not a file; give the checkpoint file itself{hint}")
+        if not path.is_file():
+            raise KDError(f"{what} {path} does not exist{hint}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path if data is None else io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load fails in many ways on a damaged file (zip, pickle, struct errors)
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch colours parts of its messages
         unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
@@ -95,7 +97,15 @@ def state_dict_of(obj, path) -> dict:
 def load_weights(model: nn.Module, path: str | Path, role: str, arch: str, num_classes: int, hint: str = "") -> None:
     """Load a checkpoint into `model`, naming exactly what does not fit and how to fix it (`hint`: how to make
     the file again, added to the message of a file that cannot be read)."""
-    state = state_dict_of(read_checkpoint(path, f"{role} checkpoint", hint), path)
+    load_state(model, state_dict_of(read_checkpoint(path, f"{role} checkpoint", hint), path), path, role, arch,
+               num_classes)
+
+
+def load_state(model: nn.Module, state: dict, path, role: str, arch: str, num_classes: int,
+               fix: str = "") -> None:
+    """Load a state dict (read from `path`) into `model` strictly, or one line naming what does not fit;
+    `fix` replaces the advice to change the model (e.g. 'give the right --arch')."""
+    fix = fix or f"change the {role} model"
     classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
     if classifier is not None:
         names = [n for n, m in model.named_modules() if m is classifier]
@@ -117,5 +127,5 @@ def load_weights(model: nn.Module, path: str | Path, role: str, arch: str, num_c
         details = "; ".join(f"{label} {len(keys)} (e.g. {keys[0]})" for label, keys in
                             (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys)
         raise KDError(f"{role} checkpoint {path} does not fit the {role} architecture '{arch}' ({details}); "
-                      f"use a checkpoint of '{arch}' or change the {role} model")
+                      f"use a checkpoint of '{arch}' or {fix}")
     model.load_state_dict(state)

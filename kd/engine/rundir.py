@@ -8,6 +8,8 @@
             checkpoints/last.pt      the full resumable state (last.pt.prev: the one before)
             checkpoints/best.pt      the student's weights at its best epoch
         localisation.csv             CAM localisation scores, written by `report` (data sets with boxes)
+        tensorboard/<label>-s<seed>/ TensorBoard event files per student (recipe `log: [csv, tensorboard]`), so that
+                                     `tensorboard --logdir <run>/tensorboard` shows every student of the run
         .lock                        held (flock) by the process training in it
 
 Every other module reaches these files through RunDir and StudentDir; nothing else spells a path.
@@ -28,6 +30,7 @@ from kd.errors import KDError
 
 RECIPE = "recipe.yaml"
 SUMMARY = "summary.csv"
+TENSORBOARD = "tensorboard"
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,11 @@ class StudentDir:
     @property
     def best_checkpoint(self) -> Path:
         return self.path / "checkpoints" / "best.pt"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        """Beside the other students' (not inside this folder): one --logdir shows them all."""
+        return self.path.parent / TENSORBOARD / self.path.name
 
     def last_state(self) -> dict | None:
         """The newest readable resumable checkpoint, falling back to the previous one if the newest is corrupt;
@@ -128,6 +136,19 @@ class RunDir:
                 return run
         return None
 
+    @classmethod
+    def holding(cls, checkpoint: str | Path) -> "tuple[RunDir, StudentDir] | None":
+        """The run directory and student a checkpoint file belongs to (<run>/<label>-s<seed>/checkpoints/x.pt),
+        or None for a file elsewhere."""
+        path = Path(checkpoint).resolve()
+        if path.parent.name != "checkpoints" or len(path.parents) < 3:
+            return None
+        label, sep, seed = path.parents[1].name.rpartition("-s")
+        run = cls(path.parents[2])
+        if not (sep and seed.isdigit() and run.recipe_file.is_file()):
+            return None
+        return run, StudentDir(path.parents[1], label, int(seed))
+
     @staticmethod
     def check_writable(output_dir: str | Path) -> None:
         """Refuse, before any data or teacher is loaded, an output_dir where no run directory can be made.
@@ -157,6 +178,10 @@ class RunDir:
     @property
     def localisation_file(self) -> Path:
         return self.path / "localisation.csv"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / TENSORBOARD
 
     @property
     def finished(self) -> bool:
@@ -190,10 +215,13 @@ class RunDir:
         return data
 
     def recipe_differences(self, recipe_yaml: str) -> list[str]:
-        """The top-level keys whose values differ between this run's recipe and `recipe_yaml` (resume ignored)."""
+        """The top-level keys whose values differ between this run's recipe and `recipe_yaml` (resume ignored; a
+        key missing from a recipe saved before it existed counts as its default)."""
+        from kd.recipe import default_of
+
         ours, theirs = yaml.safe_load(recipe_yaml), self.recipe_mapping()
         ours.pop("resume", None), theirs.pop("resume", None)
-        return [k for k in dict.fromkeys([*ours, *theirs]) if ours.get(k) != theirs.get(k)]
+        return [k for k in dict.fromkeys([*ours, *theirs]) if ours.get(k, default_of(k)) != theirs.get(k, default_of(k))]
 
     def write_summary(self, rows: list[dict]) -> None:
         import io

@@ -26,6 +26,7 @@ class Trainee:
     files: StudentDir
     scaler: torch.amp.GradScaler | None = None
     metrics: MetricsFile = None
+    scalars: object | None = None  # a TensorBoardLog (kd.engine.scalars) when the recipe logs to TensorBoard
     best_top1: float = -1.0
     history: list[dict] = field(default_factory=list)
     done_epochs: int = 0  # epochs finished (more than 0 after a resume)

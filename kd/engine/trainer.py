@@ -162,6 +162,9 @@ class Trainer:
                 self.on_epoch_end(epoch)
             if progress is not None:
                 progress.advance(epoch_task)
+        for m in self.trainees:
+            if m.scalars is not None:
+                m.scalars.close()
 
     def save(self, m: Trainee, row: dict) -> None:
         """Checkpoint first, then the metrics row: a crash in between loses nothing, because a resumed run
@@ -175,3 +178,5 @@ class Trainer:
         if epoch % self.checkpoint_every == 0 or epoch == self.epochs:
             save_atomic({**m.state(), "test_top1": row["test_top1"]}, m.files.last_checkpoint, keep_previous=True)
         m.metrics.append(row)
+        if m.scalars is not None:
+            m.scalars.add(row)

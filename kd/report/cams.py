@@ -50,10 +50,14 @@ class SavedRun:
                 yield label, seed, model.to(self.hw.device).eval()
 
     def normalised(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 test images, normalised as the networks saw them, on the analysis device."""
-        mean = torch.tensor(self.data.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.data.std).view(1, 3, 1, 1)
-        return ((images.float() / 255 - mean) / std).to(self.hw.device)
+        return normalised(images, self.data, self.hw.device)
+
+
+def normalised(images: torch.Tensor, data, device) -> torch.Tensor:
+    """uint8 test images, normalised as the networks saw them, on the analysis device."""
+    mean = torch.tensor(data.mean).view(1, 3, 1, 1)
+    std = torch.tensor(data.std).view(1, 3, 1, 1)
+    return ((images.float() / 255 - mean) / std).to(device)
 
 
 @torch.inference_mode()
@@ -74,21 +78,28 @@ def localisation(run_dir: Path, batch: int = 500) -> pd.DataFrame | None:
     models = ([("teacher", 0, run.teacher)] if run.teacher is not None else []) + list(run.students())
     rows = []
     for label, seed, model in models:
-        energy, pointing = [], []
-        for start in range(0, len(test), batch):
-            classes = test.labels[start:start + batch].to(run.hw.device)
-            maps = maps_of(model, run.normalised(test.images[start:start + batch]), classes)
-            if maps is None:
-                break
-            e, p = box_scores(maps[0], test.boxes[start:start + batch], test.image_size)
-            energy.append(e.cpu())
-            pointing.append(p.cpu())
-        if energy:
-            rows.append({"method": label, "seed": seed, "loc_energy": 100 * torch.cat(energy).mean().item(),
-                         "loc_pointing": 100 * torch.cat(pointing).mean().item()})
+        scores = box_localisation(model, run.data, run.hw.device, batch)
+        if scores is not None:
+            rows.append({"method": label, "seed": seed, **scores})
     table = pd.DataFrame(rows)
     table.to_csv(run.run.localisation_file, index=False)
     return table
+
+
+def box_localisation(model, data, device, batch: int = 500) -> dict | None:
+    """{'loc_energy', 'loc_pointing'} (%) of the model's true-class CAM over the test images of `data`, which
+    must have boxes; None when the model gives no exact CAM."""
+    test = data.test
+    energy, pointing = [], []
+    for start in range(0, len(test), batch):
+        classes = test.labels[start:start + batch].to(device)
+        maps = maps_of(model, normalised(test.images[start:start + batch], data, device), classes)
+        if maps is None:
+            return None
+        e, p = box_scores(maps[0], test.boxes[start:start + batch], test.image_size)
+        energy.append(e.cpu())
+        pointing.append(p.cpu())
+    return {"loc_energy": 100 * torch.cat(energy).mean().item(), "loc_pointing": 100 * torch.cat(pointing).mean().item()}
 
 
 def plot_cams(run_dir: Path, path: Path, count: int = 6) -> Path | None:

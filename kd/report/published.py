@@ -60,3 +60,13 @@ def beside_published(table: pd.DataFrame, teacher: str, student: str) -> pd.Data
     extra = [{"method": m, "ours: last top-1": "-", "published top-1": v} for m, v in published.items()
              if m not in set(table["method"]) | {"teacher"}]
     return pd.concat([pd.DataFrame([teacher_row]), out, pd.DataFrame(extra)], ignore_index=True)
+
+
+def published_teacher_top1(teacher: str) -> float | None:
+    """The published CIFAR-100 top-1 (%) of a teacher architecture, or None (read at call time: kd.home may move)."""
+    path = home.find("results/published_cifar100.csv")
+    if not path.is_file():
+        return None
+    frame = load_published(path)
+    rows = frame[(frame["method"] == "teacher") & (frame["teacher"] == teacher)]
+    return float(rows["top1"].iloc[0]) if len(rows) else None

@@ -22,8 +22,12 @@ CONVERGENCE = (90, 95, 100)
 
 def load_metrics(run_dirs) -> pd.DataFrame:
     """Every epoch of every student of the given run directories, one row each."""
+    from kd.report.merge import check_mergeable
+
+    runs = [RunDir.open(path, "report") for path in run_dirs]
+    check_mergeable(runs)
     frames = []
-    for run in (RunDir.open(path, "report") for path in run_dirs):
+    for run in runs:
         recipe = run.recipe_mapping()
         try:
             summary = {(r["method"], int(r["seed"])): r for r in run.summary_rows()}
@@ -89,12 +93,25 @@ def per_seed(last: pd.DataFrame, method: str, column: str = "test_top1") -> dict
 
 def paired_to(last: pd.DataFrame, method: str, reference: str) -> dict:
     """The paired difference of `method` minus `reference` in last-epoch test top-1 over shared seeds: students
-    of the same run and seed first; when the two never share a run (merged shards), by seed alone."""
+    of the same run and seed first; then, among the students left unpaired (a seed whose students went to
+    different shards), by seed alone where each side has exactly one student of that seed."""
     a, b = per_seed(last, method), per_seed(last, reference)
-    if not set(a) & set(b):
-        a = {seed: v for (_, seed), v in a.items()}
-        b = {seed: v for (_, seed), v in b.items()}
-    return paired_difference(a, b)
+    shared = set(a) & set(b)
+    pairs_a, pairs_b = {k: a[k] for k in shared}, {k: b[k] for k in shared}
+    rest_a, rest_b = by_seed(a, shared), by_seed(b, shared)
+    for seed in set(rest_a) & set(rest_b):
+        if len(rest_a[seed]) == 1 and len(rest_b[seed]) == 1:  # two runs of one seed would be ambiguous
+            pairs_a[("", seed)], pairs_b[("", seed)] = rest_a[seed][0], rest_b[seed][0]
+    return paired_difference(pairs_a, pairs_b)
+
+
+def by_seed(values: dict, paired: set) -> dict:
+    """{seed: [values of the students not yet paired]} of a {(run, seed): value} mapping."""
+    out: dict = {}
+    for (run, seed), value in values.items():
+        if (run, seed) not in paired:
+            out.setdefault(seed, []).append(value)
+    return out
 
 
 def val_picked(frame: pd.DataFrame) -> pd.Series:
