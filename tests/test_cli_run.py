@@ -10,14 +10,14 @@ from conftest import run_cli
 from kd.models import create_model
 
 
-def small_recipe(tmp_path, methods="[vanilla, kd]", extra=""):
+def small_recipe(tmp_path, methods="[vanilla, kd]", extra="", shapes="{train_size: 64, test_size: 32, num_classes: 4, image_size: 32}"):
     torch.manual_seed(0)
     teacher = tmp_path / "teacher.pt"
     torch.save({"model": create_model("resnet14", 4).state_dict()}, teacher)
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(f"""name: tiny
 dataset: shapes
-shapes: {{train_size: 64, test_size: 32, num_classes: 4, image_size: 32}}
+shapes: {shapes}
 teacher: resnet14
 teacher_checkpoint: {teacher}
 student: resnet8

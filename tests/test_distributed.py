@@ -18,7 +18,7 @@ def torchrun(*args, timeout=600):
 
 def test_two_processes_match_one_process_and_write_the_run_once(tmp_path):
     recipe = small_recipe(tmp_path, methods="[vanilla, kd]",
-                          extra="shapes: {train_size: 512, test_size: 128, num_classes: 4}\nschedule: constant\n")
+                          shapes="{train_size: 512, test_size: 128, num_classes: 4}", extra="schedule: constant\n")
     args = ["epochs=2", "batch_size=64"]
     single = run_cli(str(recipe), *args, f"output_dir={tmp_path / 'one'}")
     assert single.returncode == 0, single.stderr

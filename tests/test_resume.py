@@ -27,8 +27,7 @@ def start(recipe, *args):
 
 
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
-    extra = "shapes: {train_size: 1200, test_size: 64, num_classes: 4}\n"
-    recipe = small_recipe(tmp_path, extra=extra)
+    recipe = small_recipe(tmp_path, shapes="{train_size: 1200, test_size: 64, num_classes: 4}")
     args = ["epochs=3", "batch_size=32"]
     whole = run_cli(str(recipe), *args, "output_dir=" + str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr
