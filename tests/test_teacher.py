@@ -14,7 +14,7 @@ def test_every_pair_is_complete_and_names_an_existing_recipe():
     from kd.data import DATASETS
 
     pairs = all_pairs()
-    assert "quickstart" in pairs and "resnet34-resnet18" in pairs and len(pairs) == 16
+    assert "quickstart" in pairs and "resnet34-resnet18" in pairs and len(pairs) == 17
     for name, pair in pairs.items():
         assert pair.recipe_path.is_file(), name
         for arch in (pair.teacher, pair.student):
