@@ -5,6 +5,7 @@
                                           project the whole run for several sizes: results/cifar100/sizing.md
     python bench/cifar100.py              the teacher (when its checkpoint is missing), then every method x 3
                                           seeds (recipes/cifar100-cpu/students.yaml): results/cifar100/
+    python bench/cifar100.py --teacher    only the teacher (recipes/cifar100-cpu/teacher.yaml), when its checkpoint is missing
     python bench/cifar100.py --ablation   CCM's CAM options on the same setting, chosen on validation:
                                           results/ablations/cifar100/
     python bench/cifar100.py --rebuild    rewrite the tables from the archived runs (no training)
@@ -186,6 +187,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--measure", action="store_true")
+    mode.add_argument("--teacher", action="store_true")
     mode.add_argument("--ablation", action="store_true")
     mode.add_argument("--rebuild", action="store_true")
     args = parser.parse_args()
@@ -205,6 +207,8 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     teacher()
+    if args.teacher:
+        return
     if args.ablation:
         ABLATION_OUT.mkdir(parents=True, exist_ok=True)
         comparison(ABLATION, ABLATION_OUT, "cifar100-cpu-ablation-cam")

@@ -1,0 +1,129 @@
+#!/usr/bin/env python
+"""Does `compile: true` pay off on this CPU? Compile time against the time it saves, per pair:
+results/bench/compile-cpu.md.
+
+    python bench/compile_cpu.py [PAIR ...]      (default: quickstart and the three standard CIFAR-100 pairs)
+
+For each pair and each of compile=false / compile=true, a fresh process (with an empty inductor cache, as on a
+new machine) builds the pair's teacher and a KD student with the recipe defaults and times, on one random
+batch of the pair's input shape: every one of the first training steps (the teacher pass included), then the
+first and a later evaluation forward (eval mode is a second graph). The one-off cost of compiling is what the
+first calls take beyond the steady step time; the break-even is that cost divided by what a compiled step
+saves. A run shorter than the break-even is faster eager. `compile` becomes a recipe default only for pairs
+whose realistic runs are longer than their break-even.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+OUT = ROOT / "results" / "bench" / "compile-cpu.md"
+PAIRS = ["quickstart", "resnet56-resnet20", "resnet32x4-resnet8x4", "wrn_40_2-wrn_16_2"]
+STEPS = 40  # the last half gives the steady step time
+
+
+def measure(pair: str, compile_: bool) -> dict:
+    """In this process: the first STEPS training steps and two evaluation forwards, each timed."""
+    import torch
+
+    from kd.data import data_spec
+    from kd.engine.device import resolve_hardware
+    from kd.engine.rundir import RunDir
+    from kd.engine.trainer import teacher_pass, train_step
+    from kd.models import create_model
+    from kd.recipe import recipe_from_mapping
+    from kd.run import build_trainee, compiled
+
+    recipe = recipe_from_mapping({"pair": pair, "methods": ["kd"], "batch_size": 64, "compile": compile_},
+                                 f"compile bench {pair}")
+    hw = resolve_hardware(recipe.device, recipe.precision, recipe.channels_last, recipe.deterministic)
+    spec = data_spec(recipe.dataset, recipe.data_options(), recipe.data_root)
+    torch.manual_seed(0)
+    teacher = create_model(recipe.teacher, spec.num_classes).to(hw.device, memory_format=hw.memory_format)
+    teacher.eval().requires_grad_(False)
+    if compile_:
+        compiled(teacher, recipe.compile_mode, frozen=True)
+    images = torch.randn(recipe.batch_size, 3, *spec.image_size).contiguous(memory_format=hw.memory_format)
+    targets = torch.randint(0, spec.num_classes, (recipe.batch_size,))
+    with tempfile.TemporaryDirectory() as scratch:
+        trainee = build_trainee(recipe, "kd", 0, teacher, spec, hw, RunDir(scratch))
+    train_size = spec.train_size or getattr(recipe.data_options(), "train_size", 50_000)  # CIFAR: 50,000
+    steps = []
+    for _ in range(STEPS):
+        start = time.perf_counter()
+        train_step(trainee, hw, images, targets, teacher_pass(teacher, images, hw), 0)
+        steps.append(time.perf_counter() - start)
+    student = trainee.student
+    student.eval()
+    evals = []
+    for _ in range(3):
+        start = time.perf_counter()
+        with torch.inference_mode(), hw.autocast():
+            student(images)
+        evals.append(time.perf_counter() - start)
+    return {"steps": steps, "evals": evals, "hardware": hw.describe(),
+            "recipe_steps": recipe.epochs * -(-train_size // recipe.batch_size), "epochs": recipe.epochs}
+
+
+def child(pair: str, compile_: bool) -> dict:
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "TORCHINDUCTOR_CACHE_DIR": cache}
+        done = subprocess.run([sys.executable, __file__, "--child", pair, str(int(compile_))], env=env, cwd=ROOT,
+                              check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def one_off(result: dict) -> tuple[float, float]:
+    """(steady step time, seconds the first calls took beyond steady ones)."""
+    steady = statistics.median(result["steps"][STEPS // 2:])
+    extra = sum(result["steps"]) - STEPS * steady + result["evals"][0] - statistics.median(result["evals"][1:])
+    return steady, extra
+
+
+def main(pairs: list[str]) -> None:
+    import torch
+
+    lines = ["# torch.compile on the CPU: compile time against the time it saves", "",
+             f"Made by `python bench/compile_cpu.py` on {time.strftime('%Y-%m-%d')}: {os.cpu_count()} CPU cores, "
+             f"torch {torch.__version__}. KD step (teacher pass + student step), batch 64, random data; a fresh process "
+             "and an empty inductor cache per cell (a new machine: a second run on the same machine reuses the "
+             "cache and compiles faster). One-off = what the first "
+             f"{STEPS} steps and the first evaluation forward took beyond steady-state ones. Break-even = the extra "
+             "one-off time of compiling / the time a compiled step saves.", "",
+             "| pair | precision | eager ms/step | compiled ms/step | step speed-up | compile one-off (s) | "
+             "break-even (steps) | steps in the pair's recipe | compile by default |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for pair in pairs:
+        eager, comp = child(pair, False), child(pair, True)
+        (e_step, e_extra), (c_step, c_extra) = one_off(eager), one_off(comp)
+        cost = c_extra - e_extra
+        saving = e_step - c_step
+        even = cost / saving if saving > 0 else float("inf")
+        steps = comp["recipe_steps"]
+        verdict = "yes" if steps > even else "no"
+        lines.append(f"| {pair} | {comp['hardware']} | {1000 * e_step:.1f} | {1000 * c_step:.1f} | {e_step / c_step:.2f}x | "
+                     f"{cost:.0f} | {'never' if even == float('inf') else f'{even:.0f}'} | {steps} "
+                     f"({comp['epochs']} epochs) | {verdict} |")
+        print(lines[-1], flush=True)
+    lines += ["", "Steps in the pair's recipe: its epochs x 782 steps (50,000 CIFAR images, batch 64); quickstart: "
+              "6 epochs of its 4,000 images. Every student of a comparison pays the one-off again in eval and "
+              "train mode unless its graphs are reused (same architecture and shapes: the inductor cache serves "
+              "them), so the table is the case of one student."]
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text("\n".join(lines) + "\n")
+    print(OUT.read_text())
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        print(json.dumps(measure(sys.argv[2], bool(int(sys.argv[3])))))
+    else:
+        main(sys.argv[1:] or PAIRS)
