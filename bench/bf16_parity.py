@@ -2,6 +2,8 @@
 """Accuracy parity of bf16 autocast against fp32 on the CPU, from the same seeds, into results/bench/bf16-parity/.
 
     python bench/bf16_parity.py [--study quickstart|cifar10]...   train both precisions, then write the tables
+    python bench/bf16_parity.py --precision bf16                retrain one side only (the fp32 side does not change
+                                                                   when only the autocast path does)
     python bench/bf16_parity.py --rebuild                          rewrite the tables from the archived runs
 
 Each study runs one recipe's comparison (the seven mission methods, seeds 0, 1, 2) twice, with precision=fp32
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -31,7 +34,7 @@ STUDIES = {
 PRECISIONS = ("fp32", "bf16")
 
 
-def run_study(study: str, work: Path) -> None:
+def run_study(study: str, work: Path, precisions=PRECISIONS) -> None:
     from kd.engine.rundir import RunDir
 
     recipe, extra = STUDIES[study]
@@ -39,14 +42,16 @@ def run_study(study: str, work: Path) -> None:
         import cifar10
 
         cifar10.unpack(Path(cifar10.ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"))
-    for precision in PRECISIONS:
+    for precision in precisions:
         output = work / f"{study}-{precision}"
+        shutil.rmtree(output, ignore_errors=True)  # a fresh comparison, not the resumption of an older one
         command = ["compare", recipe, "methods=[mission]", "seeds=[0, 1, 2]", f"precision={precision}", *extra,
                    f"output_dir={output}"]
         start = time.perf_counter()
         subprocess.run([sys.executable, str(ROOT / "run_kd.py"), *command], cwd=ROOT, check=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
         (run,) = list(output.iterdir())
+        shutil.rmtree(OUT / study / precision, ignore_errors=True)
         archived = RunDir(run).archive(OUT / study / precision)
         (archived.path / "command.txt").write_text(
             "python run_kd.py " + " ".join(c if "[" not in c else f"'{c}'" for c in command[:-1]) +
@@ -82,13 +87,15 @@ def write_tables() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", action="append", choices=list(STUDIES), help="default: all")
+    parser.add_argument("--precision", action="append", choices=PRECISIONS,
+                        help="train only this precision (default: both); the other's archived runs are kept")
     parser.add_argument("--rebuild", action="store_true", help="only rewrite the tables from the archived runs")
     parser.add_argument("--work", default=str(ROOT / "runs" / "bf16-parity"), help="where the full runs go")
     args = parser.parse_args()
     if not args.rebuild:
         sys.path.insert(0, str(ROOT / "bench"))
         for study in args.study or list(STUDIES):
-            run_study(study, Path(args.work))
+            run_study(study, Path(args.work), args.precision or PRECISIONS)
     print(write_tables())
 
 

@@ -238,3 +238,19 @@ def test_feature_interface_equals_an_independent_forward_from_the_leaf_modules(n
     assert_close_scaled(plain, logits, "model(x)")
     expected = [tuple(s) for s in fixture_for(name)["is_feat_shapes_32x32"][1:-1]]
     assert [tuple(s.shape[1:]) for s in feats.stages] == expected
+
+
+@pytest.mark.parametrize("name", ["resnet8", "wrn_16_2", "vgg8", "MobileNetV2", "ShuffleV2"])
+def test_the_head_computes_fp32_logits_under_bf16_autocast(name):
+    """Logits feed softmaxes at a temperature: under autocast the head (pool + Linear) stays in fp32 while
+    the body runs in bf16, and the logits equal the fp32 head applied to the bf16 pre-pool map."""
+    model = create_model(name, 100).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.forward_features(x)
+        logits = model(x)
+    assert out.pre_pool.dtype == torch.bfloat16
+    assert out.logits.dtype == logits.dtype == torch.float32
+    fc = model.get_classifier()
+    expected = fc(out.pre_pool.float().mean((2, 3)))
+    torch.testing.assert_close(out.logits, expected, rtol=1e-5, atol=1e-5)

@@ -64,7 +64,13 @@ class FeatureModel(nn.Module):
         return module if isinstance(module, nn.Linear) else None
 
     def head(self, pre_pool: torch.Tensor) -> torch.Tensor:
-        return self.get_classifier()(torch.flatten(nn.functional.adaptive_avg_pool2d(pre_pool, 1), 1))
+        # The head runs in fp32 even under bf16/fp16 autocast. Logits feed softmaxes at a temperature (KD,
+        # DKD, DIST, CCM's teacher class) and cross-entropy; bf16 keeps 8 bits of mantissa, so a logit of 10
+        # would be rounded by up to 0.03, an error that a soft target passes on to every sample. Pooling and
+        # one Linear layer are a negligible share of the step, so fp32 here costs nothing measurable.
+        with torch.autocast(pre_pool.device.type, enabled=False):
+            pooled = torch.flatten(nn.functional.adaptive_avg_pool2d(pre_pool.float(), 1), 1)
+            return self.get_classifier()(pooled)
 
     def forward_features(self, x: torch.Tensor) -> Features:
         stages, pre_pool, *preact = self.body(x)
