@@ -7,7 +7,8 @@
 2. trains the teacher (recipes/cifar10/teacher.yaml) unless teachers/checkpoints/cifar10/resnet56.pt is there,
    and writes that checkpoint's sha256 beside it;
 3. runs `python run_kd.py compare recipes/cifar10/students.yaml` and copies its report (table, curves, CAMs)
-   into results/cifar10/, with the wall times in results/cifar10/timing.md.
+   into results/cifar10/, with the wall times in results/cifar10/timing.md and, in results/cifar10/runs/, the
+   run's recipe, command and per-epoch metrics (the raw record its table is rebuilt from).
 """
 from __future__ import annotations
 
@@ -76,6 +77,12 @@ def main() -> None:
     for name in ("table.md", "table.csv", "curves.png", "cams.png"):
         if (run / "report" / name).exists():
             shutil.copy(run / "report" / name, OUT / name)
+    from kd.engine.rundir import RunDir
+
+    shutil.rmtree(OUT / "runs", ignore_errors=True)  # the raw record the table is rebuilt from (tests/test_results.py)
+    RunDir(run).archive(OUT / "runs" / run.name)
+    (OUT / "runs" / run.name / "command.txt").write_text(
+        f"python run_kd.py compare recipes/cifar10/students.yaml output_dir={os.path.relpath(out, ROOT)}\n")
     import torch
 
     lines = ["# CIFAR-10 comparison timing", "", f"Made by `python bench/cifar10.py` on {time.strftime('%Y-%m-%d')}: "
