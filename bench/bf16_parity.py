@@ -66,8 +66,10 @@ def write_tables() -> str:
              "--rebuild`). The same recipe, methods and seeds trained in fp32 and in bf16 autocast; Δ = bf16 - fp32 "
              "in last-epoch test top-1, paired by method and seed, mean and 95 % t interval over the 3 seeds "
              "(t(0.975, 2) = 4.303). An interval that includes 0 is a tie. Speed is measured apart, by "
-             "`run_kd.py bench` (results/bench/). Each run's recipe, command and per-epoch metrics.csv are in the "
-             "folder beside this file."]
+             "`run_kd.py bench` (results/bench/). Each run's recipe, command (with the commit it ran at) and per-epoch "
+             "metrics.csv are in the folder beside this file. Under autocast the model head (pooling and the "
+             "classifier) runs in fp32 (kd/models/features.py), so that the logits that feed temperature softmaxes "
+             "are not rounded to bf16."]
     for study in STUDIES:
         if not (OUT / study / "fp32").is_dir():
             continue

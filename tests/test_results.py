@@ -17,8 +17,9 @@ def same_table(rebuilt: pd.DataFrame, committed: pd.DataFrame) -> None:
     assert len(rebuilt) == len(committed)
     for column in committed.columns:
         a, b = rebuilt[column], committed[column]
-        if pd.api.types.is_numeric_dtype(b) and pd.api.types.is_numeric_dtype(a):
-            assert ((a - b).abs() <= 1e-6 * (1 + b.abs()) | (a.isna() & b.isna())).all(), column
+        numeric = [pd.api.types.is_numeric_dtype(c) and not pd.api.types.is_bool_dtype(c) for c in (a, b)]
+        if all(numeric):
+            assert (((a - b).abs() <= 1e-6 * (1 + b.abs())) | (a.isna() & b.isna())).all(), column
         else:
             assert a.astype(str).tolist() == b.astype(str).tolist(), column
 
