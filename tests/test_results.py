@@ -25,7 +25,7 @@ def same_table(rebuilt: pd.DataFrame, committed: pd.DataFrame) -> None:
 
 
 def test_the_committed_results_keep_their_raw_records():
-    assert {p.relative_to(RESULTS).as_posix() for p in METHOD_TABLES} >= {"quickstart"}
+    assert {p.relative_to(RESULTS).as_posix() for p in METHOD_TABLES} >= {"quickstart", "zoo"}
     for folder in METHOD_TABLES:
         for run in (folder / "runs").iterdir():
             assert (run / "recipe.yaml").is_file() and (run / "command.txt").is_file(), run
