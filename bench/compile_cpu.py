@@ -10,7 +10,7 @@ batch of the pair's input shape: every one of the first training steps (the teac
 first and a later evaluation forward (eval mode is a second graph). The one-off cost of compiling is what the
 first calls take beyond the steady step time; the break-even is that cost divided by what a compiled step
 saves. A run shorter than the break-even is faster eager. `compile` becomes a recipe default only for pairs
-whose realistic runs are longer than their break-even.
+whose compiled step is at least MIN_SPEEDUP times as fast and whose realistic runs are longer than the break-even.
 """
 from __future__ import annotations
 

@@ -337,6 +337,13 @@ def validate(recipe: Recipe) -> Recipe:
     return recipe
 
 
+def shown_value(mapping: dict, key: str) -> str:
+    """A recipe key's value in a saved recipe mapping (its default when the mapping predates the key), cut to 40
+    characters for one-line messages about recipes that differ."""
+    text = str(mapping.get(key, default_of(key)))
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def default_of(key: str):
     """A recipe key's default value (None for a key that is no field of Recipe): what a recipe saved before the key
     existed meant, so that older run directories still resume and merge."""

@@ -21,7 +21,7 @@ from kd.engine.trainee import Trainee, unwrap
 from kd.engine.trainer import Trainer
 from kd.errors import KDError
 from kd.models import create_model
-from kd.recipe import Recipe, method_class
+from kd.recipe import Recipe, method_class, shown_value
 
 
 @dataclass
@@ -192,15 +192,10 @@ def check_same_recipe(run: RunDir, recipe: Recipe) -> None:
     differ = run.recipe_differences(recipe.to_yaml())
     if differ:
         theirs, ours = run.recipe_mapping(), yaml.safe_load(recipe.to_yaml())
-        changes = "; ".join(f"{k}: {short(theirs.get(k))} in the run, {short(ours.get(k))} now" for k in differ)
+        changes = "; ".join(f"{k}: {shown_value(theirs, k)} in the run, {shown_value(ours, k)} now" for k in differ)
         raise KDError(f"resume: {run} was started with a different recipe ({changes}); a resumed run keeps the recipe "
                       f"it started with, so --resume takes no changes: resume with none, or train the changed recipe "
                       f"as a new run (run_kd.py RECIPE.yaml key=value, without --resume)")
-
-
-def short(value) -> str:
-    text = str(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def summary_row(method: str, seed: int, trainee: Trainee, teacher_top1) -> dict:

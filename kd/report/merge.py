@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from kd.engine.rundir import RunDir
 from kd.errors import KDError
-from kd.recipe import default_of, is_section
+from kd.recipe import default_of, is_section, shown_value
 
 # name, output_dir and resume name or place a run; shard, methods and seeds choose its students; checkpoint_every
 # and log change what is saved, not what is trained
@@ -36,13 +36,8 @@ def check_mergeable(runs: list[RunDir]) -> None:
         other = run.recipe_mapping()
         keys = differences(first, other)
         if keys:
-            shown = "; ".join(f"{k}: {short(first.get(k, default_of(k)))} in {runs[0]}, "
-                              f"{short(other.get(k, default_of(k)))} in {run}" for k in keys)
+            shown = "; ".join(f"{k}: {shown_value(first, k)} in {runs[0]}, {shown_value(other, k)} in {run}"
+                              for k in keys)
             raise KDError(f"report: cannot merge runs of different recipes: {', '.join(keys)} differ ({shown}); merge "
                           f"only runs of one recipe (they may differ in {', '.join(MAY_DIFFER)}), or report each "
                           f"run on its own")
-
-
-def short(value) -> str:
-    text = str(value)
-    return text if len(text) <= 40 else text[:37] + "..."
