@@ -25,7 +25,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ARCHIVE_SHA256 = "58c58e3af3ec7ed2054f439f35ad3c83dc1ab019f4af6037f60612ea098c8fa1"
 CACHE = Path.home() / ".cache" / "kd" / "cifar10-jpeg"
-TEACHER = ROOT / "teachers" / "checkpoints" / "cifar10" / "resnet56.pt"
 OUT = ROOT / "results" / "cifar10"
 
 
@@ -61,15 +60,21 @@ def train_minutes(run: Path) -> float:
     return sum(pd.read_csv(f)["seconds"].sum() for f in run.glob("*/metrics.csv")) / 60
 
 
+def teacher_path() -> Path:
+    from kd.pairs import get_pair
+
+    return get_pair("cifar10-resnet56-resnet20").checkpoint_path  # the pair owns its checkpoint
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--archive", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"))
     args = parser.parse_args()
     unpack(Path(args.archive))
     teacher_s = None
-    if not TEACHER.exists():
+    if not teacher_path().exists():
         teacher_s = kd("teacher", "cifar10-resnet56-resnet20")
-    (TEACHER.parent / "resnet56.pt.sha256").write_text(f"{sha256(TEACHER)}  resnet56.pt\n")
+    (teacher_path().parent / "resnet56.pt.sha256").write_text(f"{sha256(teacher_path())}  resnet56.pt\n")
     out = Path(os.environ.get("KD_RUNS", ROOT / "runs"))
     compare_s = kd("compare", "recipes/cifar10/students.yaml", f"output_dir={os.path.relpath(out, ROOT)}")
     run = max(out.glob("cifar10-resnet56-resnet20-*"), key=lambda p: p.stat().st_mtime)
@@ -96,7 +101,7 @@ def main() -> None:
     if teachers:
         lines.append(f"- teacher training time summed over its epochs ({teachers[-1].name}): "
                      f"{train_minutes(teachers[-1]):.1f} min")
-    lines.append(f"- teacher checkpoint sha256: {sha256(TEACHER)}")
+    lines.append(f"- teacher checkpoint sha256: {sha256(teacher_path())}")
     (OUT / "timing.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -25,7 +25,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "results" / "quickstart"
-TEACHER = ROOT / "teachers" / "cache" / "quickstart-resnet20.pt"
 
 
 def timed(*args: str) -> float:
@@ -48,15 +47,18 @@ def cpu_name() -> str:
 def main() -> None:
     import torch
 
+    from kd.pairs import get_pair
+
+    teacher = get_pair("quickstart").checkpoint_path  # the pair owns where its teacher is cached
     work = Path(tempfile.mkdtemp(prefix="kd-quickstart-"))
     backup = work / "teacher-backup.pt"
-    if TEACHER.exists():
-        shutil.move(TEACHER, backup)
+    if teacher.exists():
+        shutil.move(teacher, backup)
     try:
         cold = timed("compare", "recipes/quickstart.yaml", f"output_dir={work / 'cold'}")
     finally:
         if backup.exists():  # keep the user's cached teacher; the fresh one was only for the measurement
-            shutil.move(backup, TEACHER)
+            shutil.move(backup, teacher)
     shared = timed("compare", "recipes/quickstart.yaml", f"output_dir={work / 'shared'}")
     sequential = timed("compare", "recipes/quickstart.yaml", "shared_teacher=false", f"output_dir={work / 'sequential'}")
 

@@ -18,8 +18,10 @@ def test_gpu_bench_script_runs_on_the_cpu_and_projects_from_throughput(tmp_path)
     assert [r[0].strip() for r in rows] == ["kd", "ccm_kd"]
     for r in rows:
         images_per_s, projected_min = float(r[2]), float(r[6])
-        # 240 epochs of 50,000 images, not of the 128 measured here
-        assert projected_min == pytest.approx(240 * 50000 / images_per_s / 60, rel=0.02)  # images/s is printed rounded
+        # 240 epochs of 50,000 images, not of the 128 measured here; images/s is printed rounded to a whole number
+        # (a slow CPU makes that a few %), the projection to 0.1 min
+        low, high = (240 * 50000 / (images_per_s + d) / 60 for d in (0.5, -0.5))
+        assert low - 0.05 <= projected_min <= high + 0.05, (images_per_s, projected_min)
 
 
 def test_the_real_data_gpu_script_runs_end_to_end_on_the_cpu_at_a_tiny_size(tmp_path):
