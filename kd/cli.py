@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     try:
         argv, imports = split_imports(argv)
+        if "--resume" in argv and argv[0] in COMMANDS[1:]:
+            raise KDError(f"{argv[0]} takes no --resume: `run_kd.py compare RECIPE` resumes an interrupted comparison "
+                          f"of the same recipe by itself, and `run_kd.py --resume RUN_DIR` continues any run")
         if "--resume" in argv[1:]:  # `run_kd.py RECIPE --resume DIR key=value`: the option may stand anywhere
             at = argv.index("--resume")
             argv = argv[at:at + 2] + argv[:at] + argv[at + 2:]
@@ -172,8 +175,6 @@ def count_column():
 def cmd_run(args) -> int:
     from kd.engine.rundir import RunDir
     from kd.recipe import load_recipe
-    from kd.run import run_recipe
-    from kd.teacher import ensure_teacher
 
     overrides = list(args.overrides)
     if args.recipe and "=" in args.recipe and not Path(args.recipe).exists():
@@ -184,16 +185,28 @@ def cmd_run(args) -> int:
     if args.recipe is None:
         if not args.resume:
             raise KDError("run_kd.py run: give a recipe (run_kd.py RECIPE.yaml) or --resume RUN_DIR")
-        recipe = load_recipe(RunDir.open(args.resume, "--resume").recipe_file, overrides)
+        recipe = RunDir.open(args.resume, "--resume").recipe(overrides)
     else:
         recipe = load_recipe(args.recipe, overrides)
     con = console()
-    with progress_bar(con) as progress:
-        ensure_teacher(recipe, con, progress)
-        result = run_recipe(recipe, con, progress)
+    result = train(recipe, con)
     if result.is_main:
         print_summary(con, result)
     return 0
+
+
+def train(recipe, con):
+    """A pair's teacher first when it is to be trained on demand, then the run. The output folder is checked
+    before either: a teacher is never trained for a run that could not be written."""
+    from kd.engine.rundir import RunDir
+    from kd.run import run_recipe
+    from kd.teacher import ensure_teacher
+
+    if recipe.resume is None:
+        RunDir.check_writable(recipe.output_dir)
+    with progress_bar(con) as progress:
+        ensure_teacher(recipe, con, progress)
+        return run_recipe(recipe, con, progress)
 
 
 def command_line() -> str:
@@ -204,8 +217,6 @@ def cmd_compare(args) -> int:
     from kd.engine.rundir import RunDir
     from kd.recipe import load_recipe
     from kd.report.write import write_report
-    from kd.run import run_recipe
-    from kd.teacher import ensure_teacher
     from kd.yamlio import load_mapping
 
     raw, _ = load_mapping(args.recipe)
@@ -221,11 +232,9 @@ def cmd_compare(args) -> int:
         if unfinished is not None:
             con.print(f"resuming the interrupted comparison in {unfinished} (--fresh starts a new one)")
             recipe.resume = str(unfinished)
-    with progress_bar(con) as progress:
-        ensure_teacher(recipe, con, progress)
-        result = run_recipe(recipe, con, progress)
+    result = train(recipe, con)
     if result.is_main:
-        write_report([result.run_dir.path], result.run_dir.path / "report", command_line(), con)
+        write_report([result.run_dir.path], result.run_dir.report_dir, command_line(), con)
         if recipe.shard is not None:
             con.print(f"this is shard {recipe.shard} of the comparison; when every shard has finished, merge their "
                       f"run directories into one table with `python run_kd.py report DIR1 DIR2 ... --out FOLDER`")
@@ -237,7 +246,8 @@ def cmd_report(args) -> int:
 
     from kd.engine.rundir import RunDir
 
-    out = Path(args.out) if args.out else Path(args.run_dirs[0]) / "report"
+    runs = [RunDir.open(path, "report") for path in args.run_dirs]  # first: a wrong run directory is the mistake
+    out = Path(args.out) if args.out else runs[0].report_dir
     if out.exists() and not out.is_dir():
         raise KDError(f"report --out {out}: that is a file; give a folder (it is made if missing)")
     RunDir.check_writable(out)
@@ -283,21 +293,29 @@ def print_evaluation(con, rows: list[dict], target: str) -> None:
 
 
 def cmd_bench(args) -> int:
-    from kd.recipe import apply_override, recipe_from_mapping
     from kd.throughput import bench_pair, write_bench
 
     if args.steps < 1 or args.rounds < 1:
         raise KDError("bench: --steps and --rounds must be at least 1")
-    data = {"pair": args.pair, "methods": ["all"], "batch_size": 64}
-    for text in args.overrides:
-        apply_override(data, text)
-    recipe = recipe_from_mapping(data, f"bench {args.pair}")
-    recipe.methods = ["vanilla", *[m for m in recipe.methods if m != "vanilla"]]  # vanilla is the floor's student
+    recipe = bench_recipe(args.pair, args.overrides)
     con = console()
     result = bench_pair(recipe, args.steps, args.rounds, console=con)
     path = write_bench(result, args.pair, Path(args.out), command_line())
     con.print(path.read_text(), markup=False)
     return 0
+
+
+def bench_recipe(pair: str, overrides: list[str]):
+    """The recipe `bench PAIR key=value ...` measures: every registered method unless `methods` is given (those
+    its imports register included), vanilla first, whose student step is the floor."""
+    from kd.recipe import apply_override, recipe_from_mapping
+
+    data = {"pair": pair, "methods": ["all"], "batch_size": 64}
+    for text in overrides:
+        apply_override(data, text)
+    recipe = recipe_from_mapping(data, f"bench {pair}")
+    recipe.methods = ["vanilla", *[m for m in recipe.methods if m != "vanilla"]]
+    return recipe
 
 
 def print_summary(con, result) -> None:
@@ -323,7 +341,7 @@ def cmd_teacher(args) -> int:
         raise KDError("teacher: --download fetches the published teacher and --retrain trains one; choose one")
     con = console()
     if pair.checkpoint_path.is_file() and not args.retrain:
-        state = read_checkpoint(pair.checkpoint_path, "teacher checkpoint")
+        state = read_checkpoint(pair.checkpoint_path, "teacher checkpoint", pair.remake_hint())
         top1 = state.get("test_top1") if isinstance(state, dict) else None
         con.print(f"pair '{pair.name}': teacher {pair.teacher} at {pair.checkpoint_path}"
                   + (f" (test top-1 {top1:.2f}%)" if isinstance(top1, float) else "")

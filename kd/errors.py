@@ -8,3 +8,13 @@ line and exits with code 2; everything else is a bug and keeps its traceback.
 
 class KDError(Exception):
     """A problem with the user's input; the message is shown to the user as one line."""
+
+
+class WriteFailed(KDError):
+    """A run's file could not be written (a full disk, a folder that became read-only); `problem` is the line
+    without its advice, for callers that know better what the user can do next (resume the run, or start it
+    again when nothing was kept)."""
+
+    def __init__(self, problem: str, advice: str):
+        super().__init__(f"{problem}; {advice}")
+        self.problem = problem

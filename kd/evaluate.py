@@ -65,7 +65,7 @@ def plan(target: str, data: str | None = None, data_root: str | None = None,
 
 
 def plan_run(run: RunDir, data, data_root, arch) -> tuple[list[Subject], Setting]:
-    recipe = load_recipe(run.recipe_file, ["resume=null"])
+    recipe = run.recipe()
     if arch is not None and arch != recipe.student:
         raise KDError(f"evaluate: {run} trained {recipe.student} students (its recipe says so); drop --arch {arch}")
     subjects = []
@@ -93,8 +93,8 @@ def plan_file(path: Path, data, data_root, arch) -> tuple[list[Subject], Setting
     if arch and own and arch != own:
         raise KDError(f"evaluate: {path} holds a {own} (it says so), not a {arch}; drop --arch")
     found = RunDir.holding(path)
-    recipe = load_recipe(found[0].recipe_file, ["resume=null"]) if found else None
-    pair = next((p for p in all_pairs().values() if p.checkpoint_path.resolve() == path.resolve()), None)
+    recipe = found[0].recipe() if found else None
+    pair = next((p for p in all_pairs().values() if p.owns(path)), None)
     arch = arch or own or (recipe.student if recipe else None) or (pair.teacher if pair else None)
     if arch is None:
         kind = "the benchmark's format ({'model': state_dict})" if isinstance(obj, dict) and "model" in obj \

@@ -3,7 +3,9 @@
 Recipes, distiller options and data-set options are all dataclasses; `build(cls, mapping, where)` is the
 one place that checks keys (nearest valid key suggested), types, choices and ranges. A field states its
 range in its metadata: `field(default=..., metadata={"min": 0})` ("gt" for a strict bound, "max" for an upper
-one, "why" for the reason shown when a value is refused). NaN and infinity are refused everywhere.
+one, "why" for the reason shown when a value is refused). NaN and infinity are refused everywhere, and so is a
+float beyond +-1e6 in a field with no "max" of its own: no weight, temperature or rate means that, and a typo there
+(kd.T=1e300) would only surface as a failed loss in the first step.
 """
 from __future__ import annotations
 
@@ -74,6 +76,9 @@ def _coerce(tp: Any, value: Any) -> Any:
     return value
 
 
+LARGEST = 1e6  # the bound of a float field that states no "max"
+
+
 def _check_range(name: str, value: Any, meta: Mapping, where: str) -> None:
     """Refuse NaN and infinity everywhere, and values outside the field's min / gt / max (with its `why`)."""
     values = _numbers(value)
@@ -87,6 +92,9 @@ def _check_range(name: str, value: Any, meta: Mapping, where: str) -> None:
             raise KDError(f"{where}: '{name}' is {v}, but it must be > {meta['gt']}{why}")
         if "max" in meta and v > meta["max"]:
             raise KDError(f"{where}: '{name}' is {v}, but it must be <= {meta['max']}{why}")
+        if isinstance(v, float) and "max" not in meta and abs(v) > LARGEST:
+            raise KDError(f"{where}: '{name}' is {v}, far outside any sensible range (at most {LARGEST:g} in size); "
+                          f"check the value")
 
 
 def _numbers(value: Any) -> list:

@@ -38,6 +38,10 @@ class Pair:
     def recipe_path(self) -> Path:
         return home.find(self.teacher_recipe)
 
+    def owns(self, path: str | Path | None) -> bool:
+        """Whether `path` is this pair's own teacher checkpoint (which kd may train, fetch or name)."""
+        return path is not None and Path(path).expanduser().resolve() == self.checkpoint_path.resolve()
+
     def remake_hint(self) -> str:
         return f"make it again with `python run_kd.py teacher {self.name} --retrain`"
 

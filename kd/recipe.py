@@ -37,7 +37,7 @@ class Recipe:
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"min": 0, "max": 2**31 - 1, "why": "a 31-bit seed", "help": "one student per method and seed"})
     epochs: int = field(default=240, metadata={"min": 1, "max": 100_000, "help": "training epochs"})
     batch_size: int = field(default=64, metadata={"min": 2, "max": 1_000_000, "why": "batch normalisation cannot train on batches of one image", "help": "training batch size (global, over all processes)"})
-    eval_batch_size: int = field(default=512, metadata={"min": 1, "help": "test batch size"})
+    eval_batch_size: int = field(default=512, metadata={"min": 1, "max": 1_000_000, "help": "test batch size"})
     lr: float = field(default=0.05, metadata={"gt": 0, "max": 100, "help": "initial learning rate"})
     lr_batch: int | None = field(default=None, metadata={"min": 1, "help": "the batch size lr is given for; when set, lr scales linearly with batch_size / lr_batch"})
     momentum: float = field(default=0.9, metadata={"min": 0, "max": 1, "help": "SGD momentum"})
@@ -46,7 +46,7 @@ class Recipe:
     schedule: Literal["multistep", "cosine", "constant"] = field(default="multistep", metadata={"help": "learning-rate schedule"})
     milestones: list[int] | None = field(default=None, metadata={"min": 1, "help": "multistep: epochs at which the rate is multiplied by gamma; null: 5/8, 6/8 and 7/8 of epochs (150, 180, 210 of 240)"})
     gamma: float = field(default=0.1, metadata={"gt": 0, "max": 1, "help": "multistep decay factor"})
-    warmup_epochs: int = field(default=0, metadata={"min": 0, "help": "linear learning-rate warm-up epochs"})
+    warmup_epochs: int = field(default=0, metadata={"min": 0, "max": 100_000, "help": "linear learning-rate warm-up epochs"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA when present, else CPU), cpu, cuda, cuda:N"})
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata={"help": "auto: bf16 autocast on GPUs that support it, fp32 on the CPU"})
     channels_last: bool | None = field(default=None, metadata={"help": "channels_last memory format; null (auto): on, the faster layout on GPUs and on the CPU"})
@@ -57,9 +57,9 @@ class Recipe:
     shared_teacher: bool = field(default=True, metadata={"help": "train all students of a seed side by side, one teacher pass per batch"})
     resume: str | None = field(default=None, metadata={"help": "a run directory of this recipe to continue from its last checkpoints"})
     output_dir: str = field(default="runs", metadata={"help": "where run directories are made"})
-    checkpoint_every: int = field(default=1, metadata={"min": 1, "help": "save the resumable checkpoint every n epochs"})
+    checkpoint_every: int = field(default=1, metadata={"min": 1, "max": 100_000, "help": "save the resumable checkpoint every n epochs"})
     log: list[Literal["csv", "tensorboard"]] = field(default_factory=lambda: ["csv"], metadata={"help": "where every epoch's scalars go: csv (metrics.csv, always written: tables and resumes read it) and tensorboard (<run>/tensorboard/<student>/; pip install 'kd[tensorboard]')"})
-    shard: str | None = field(default=None, metadata={"help": "I/N: train only the I-th (1-based) of N disjoint slices of the recipe's students (methods x seeds), in a run directory of its own; run_kd.py report merges the N run directories"})
+    shard: str | None = field(default=None, metadata={"help": "I/N: train only the I-th (1-based) of N disjoint slices of the recipe's students (methods x seeds, dealt out by their step costs so that the slices take about equal time), in a run directory of its own; run_kd.py report merges the N run directories"})
     # Not keys of the file: filled in by recipe_from_mapping.
     sections: dict = field(default_factory=dict, init=False, metadata={"help": "options per distiller / data set, keyed by its name"})
     source: str = field(default="", init=False, metadata={"help": "the file the recipe came from"})
@@ -74,7 +74,7 @@ class Recipe:
         path = Path(self.teacher_checkpoint).expanduser()
         if path.is_file():
             return path
-        if self.pair and path.resolve() == get_pair(self.pair).checkpoint_path.resolve():
+        if self.pair and get_pair(self.pair).owns(path):
             raise get_pair(self.pair).missing_checkpoint()
         if path.is_dir():
             raise KDError(f"teacher checkpoint {path} is a folder, not a file; set teacher_checkpoint to the .pt file")
@@ -84,8 +84,7 @@ class Recipe:
         """How to make the teacher checkpoint again, when it is the pair's own ('' otherwise)."""
         from kd.pairs import get_pair
 
-        if self.pair and self.teacher_checkpoint and \
-                Path(self.teacher_checkpoint).expanduser().resolve() == get_pair(self.pair).checkpoint_path.resolve():
+        if self.pair and get_pair(self.pair).owns(self.teacher_checkpoint):
             return get_pair(self.pair).remake_hint()
         return ""
 
@@ -100,15 +99,17 @@ class Recipe:
     def students(self) -> list[tuple[str, int]]:
         """The (method, seed) students this recipe trains, seed-major: all of them, or its shard's slice.
 
-        Shard I of N takes the I-th of N contiguous slices of that list, whose sizes differ by at most one.
-        Every method trains at about the same speed (within 1.1x of a plain student step, results/bench), so
-        equal counts take about equal time; contiguous slices keep the students of a seed together, so that
-        they share one teacher pass per batch (a seed split over k shards costs k teacher passes)."""
+        Shard I of N takes the I-th of N contiguous slices of that list, cut where the summed step costs of the
+        students (each distiller's `step_cost`: a KD step is 1, the student alone about 0.5, CRD or ReviewKD about
+        2) come closest to I/N of the total, so that the shards take about equal time. Contiguous slices keep the
+        students of a seed together, so that they share one teacher pass per batch (a seed split over k shards
+        costs k teacher passes)."""
         grid = [(method, seed) for seed in self.seeds for method in self.methods]
         if self.shard is None:
             return grid
         index, count = shard_numbers(self.shard)
-        return grid[len(grid) * (index - 1) // count:len(grid) * index // count]
+        start, stop = balanced_cuts([method_class(m).step_cost for m, _ in grid], count)[index - 1:index + 1]
+        return grid[start:stop]
 
     def data_options(self):
         """The validated options of the data set (its section, defaults filled in)."""
@@ -302,11 +303,19 @@ def validate(recipe: Recipe) -> Recipe:
     if not recipe.seeds:
         raise KDError(f"{where}: 'seeds' is empty; list at least one seed, e.g. seeds: [0]")
     for label in recipe.methods:
-        method_class(label)
+        try:
+            method_class(label)
+        except KDError as err:
+            from kd.distillers import GROUPS
+
+            raise KDError(f"{where}: {err}; or a group: all, {', '.join(GROUPS)}") from None
         name, variant = split_label(label)
         if variant is not None and not NAME.fullmatch(variant):
             raise KDError(f"{where}: method '{label}': a variant needs a name after '@' (letters, digits, '.', '_', "
                           f"'-'), e.g. {name}@w2")
+        if len(label) > 100:  # it names the student's folder: file systems refuse names past 255 bytes
+            raise KDError(f"{where}: method '{label[:60]}...' is {len(label)} characters long; a method label names "
+                          f"a folder, so use at most 100, e.g. {name}@w2")
     if len(set(recipe.methods)) != len(recipe.methods) or len(set(recipe.seeds)) != len(recipe.seeds):
         raise KDError(f"{where}: 'methods' and 'seeds' must not repeat an entry")
     if not recipe.student:
@@ -327,6 +336,9 @@ def validate(recipe: Recipe) -> Recipe:
                           f"{students} shards")
     if recipe.milestones is None:  # 5/8, 6/8, 7/8 of the epochs; short runs get fewer steps, never one at epoch 0
         recipe.milestones = list(dict.fromkeys(max(1, recipe.epochs * k // 8) for k in (5, 6, 7)))
+    if recipe.warmup_epochs > recipe.epochs:
+        raise KDError(f"{where}: warmup_epochs={recipe.warmup_epochs} is longer than the run (epochs={recipe.epochs}); "
+                      f"use at most {recipe.epochs}")
     if recipe.schedule == "multistep" and any(m > recipe.epochs for m in recipe.milestones):
         raise KDError(f"{where}: milestones {recipe.milestones} lie beyond epochs={recipe.epochs}; lower them or drop the ones past the end")
     # Every section's options are checked now, so a typo fails before any training starts: those of the
@@ -334,6 +346,9 @@ def validate(recipe: Recipe) -> Recipe:
     for label in dict.fromkeys([*recipe.methods, *(k for k in recipe.sections if k not in DATASETS)]):
         recipe.method_options(label)
     recipe.data_options()
+    for name, options in recipe.sections.items():  # a data set's section the run does not use is checked too
+        if name in DATASETS and name != recipe.dataset:
+            build(DATASETS.get(name).Options, options, where, recipe._lines, f"{name}.")
     return recipe
 
 
@@ -351,6 +366,21 @@ def default_of(key: str):
         if f.name == key and f.init:
             return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
     return None
+
+
+def balanced_cuts(costs: list[float], count: int) -> list[int]:
+    """Indices 0 = c0 < c1 < ... < c_count = len(costs) that split `costs` into `count` contiguous, non-empty
+    slices whose sums come as close as the items allow to equal: each cut where the running sum is nearest to
+    its share of the total (the earlier index on a tie)."""
+    running = [0.0]
+    for cost in costs:
+        running.append(running[-1] + cost)
+    cuts = [0]
+    for i in range(1, count):
+        target = running[-1] * i / count
+        lowest, highest = cuts[-1] + 1, len(costs) - (count - i)  # leave at least one student per shard
+        cuts.append(min(range(lowest, highest + 1), key=lambda k: (abs(running[k] - target), k)))
+    return cuts + [len(costs)]
 
 
 def shard_numbers(shard: str, where: str = "recipe") -> tuple[int, int]:

@@ -19,7 +19,7 @@ from kd.engine.rundir import RunDir
 from kd.engine.scalars import TensorBoardLog, require_tensorboard
 from kd.engine.trainee import Trainee, unwrap
 from kd.engine.trainer import Trainer
-from kd.errors import KDError
+from kd.errors import KDError, WriteFailed
 from kd.models import create_model
 from kd.recipe import Recipe, method_class, shown_value
 
@@ -124,16 +124,19 @@ def run_recipe(recipe: Recipe, console=None, progress=None) -> RunResult:
         RunDir.check_writable(recipe.output_dir)
     hw, data, teacher = load_inputs(recipe, console, ctx)
     run = RunDir.create(recipe.output_dir, recipe.run_name) if ctx.is_main else None
-    if run is not None:
-        run.write_recipe(recipe.to_yaml(), f"resolved on this machine: device, precision, memory format = {hw.describe()}")
-    run = RunDir(broadcast(None if run is None else str(run.path)))  # the folder rank 0 made, on every rank
-    with locked(run, ctx):
-        try:
+    try:
+        if run is not None:
+            run.write_recipe(recipe.to_yaml(),
+                             f"resolved on this machine: device, precision, memory format = {hw.describe()}")
+        run = RunDir(broadcast(None if run is None else str(run.path)))  # the folder rank 0 made, on every rank
+        with locked(run, ctx):
             return train_students(recipe, run, hw, data, teacher, ctx, console, progress)
-        except KDError:
-            if ctx.is_main:
-                run.discard_if_unused()  # failed before any student finished an epoch: leave no debris
-            raise
+    except (KDError, OSError) as err:
+        if ctx.is_main and run.discard_if_unused():  # failed before any student finished an epoch: no debris
+            if isinstance(err, WriteFailed):  # nothing was kept, so there is nothing to resume
+                raise KDError(f"{err.problem}; no epoch had finished, so the run directory {run} was removed: free "
+                              f"space or make the folder writable, then start the run again") from None
+        raise
 
 
 def locked(run: RunDir, ctx: Distributed):

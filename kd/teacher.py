@@ -19,8 +19,7 @@ def ensure_teacher(recipe: Recipe, console=None, progress=None) -> None:
         return
     pair = get_pair(recipe.pair)
     path = Path(recipe.teacher_checkpoint or "").expanduser()
-    if recipe.teacher_checkpoint and not path.is_file() and pair.train_on_demand and \
-            path.resolve() == pair.checkpoint_path.resolve():
+    if recipe.teacher_checkpoint and not path.is_file() and pair.train_on_demand and pair.owns(path):
         train_teacher(pair, console=console, progress=progress)
         barrier()  # under torchrun, rank 0 writes the checkpoint the others then read
 

@@ -118,6 +118,17 @@ CASES = [
     (["report", "{t}"], ["is not a run directory"]),
     (["teacher", "nopair"], ["unknown pair 'nopair'"]),
     (["bench", "quickstart", "--steps", "0"], ["--steps and --rounds must be at least 1"]),
+    # no upper bound of its own: a float far outside any sensible range is refused before the first step
+    (["{t}/ok.yaml", "kd.T=1e300"], ["'kd.T' is 1e+300, far outside any sensible range"]),
+    (["{t}/ok.yaml", "eval_batch_size=1000000000000"], ["'eval_batch_size' is 1000000000000, but it must be <= 1000000"]),
+    (["{t}/ok.yaml", "checkpoint_every=1000000000"], ["'checkpoint_every' is 1000000000, but it must be <= 100000"]),
+    (["{t}/ok.yaml", "warmup_epochs=5"], ["warmup_epochs=5 is longer than the run (epochs=1)"]),
+    (["{t}/ok.yaml", "methods=[kd@" + "x" * 300 + "]"], ["characters long", "use at most 100"]),
+    (["{t}/ok.yaml", "imagefolder.image_sise=3"], ["unknown key 'imagefolder.image_sise'", "did you mean 'image_size'"]),
+    (["--resume", "{t}/ok.yaml"], ["ok.yaml is a file, not a run directory"]),
+    (["report", "{t}/ok.yaml"], ["report: ", "ok.yaml is a file, not a run directory"]),
+    (["compare", "{t}/ok.yaml", "--resume", "{t}/done"], ["compare takes no --resume", "resumes an interrupted"]),
+    (["{t}/ok.yaml", "dataset=cifar10", "data_root={t}/notckpt.pt"], ["cifar10: data_root", "is a file"]),
 ]
 
 

@@ -151,8 +151,16 @@ def test_heterogeneous_pairs_train_one_step(teacher, student, r):
     with torch.no_grad():
         t_out = t.forward_features(images)
     optimizer = torch.optim.SGD(distiller.trainable_parameters(), lr=0.01)
+    distiller.eval()  # eval BN so that a second pass gives the same maps
     _, losses = distiller(images, targets, t_out)
-    assert torch.isfinite(losses["cat"]) and losses["cat"].item() > 0
+    with torch.no_grad():
+        s_out = distiller.student.forward_features(images)
+        s_cams = cams_by_hand(s_out.pre_pool, s_out.classifier.weight)
+        t_cams = cams_by_hand(t_out.pre_pool, t_out.classifier.weight)
+        assert s_cams.shape[-1] != t_cams.shape[-1]  # maps of different sizes, both pooled to r x r
+        expected = 400.0 * expected_term(s_cams, t_cams, r, True)
+    assert losses["cat"].item() == pytest.approx(expected.item(), rel=1e-5) and expected.item() > 0
+    distiller.train()
     sum(losses.values()).backward()
     optimizer.step()
 

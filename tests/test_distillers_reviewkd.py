@@ -119,8 +119,11 @@ def test_unequal_stage_counts_are_refused_until_stages_are_chosen():
     distiller = cls(student, teacher, options, SPEC)
     assert distiller.student_stages == [1, 2, 3] and distiller.teacher_stages == [0, 1, 2]
     images, targets, t_out = batch(teacher, n=2)
-    _, losses = distiller(images, targets, t_out, 19)
-    assert torch.isfinite(losses["review"]) and losses["review"].item() > 0
+    distiller.eval()
+    with torch.no_grad():
+        _, losses = distiller(images, targets, t_out, 19)  # epoch 19 of the 20-epoch warm-up: weight 20/20
+        expected = hand_review(distiller, images, t_out)
+    assert losses["review"].item() == pytest.approx(expected.item(), rel=1e-5) and expected.item() > 0
 
 
 def test_a_student_map_larger_than_its_teacher_map_is_refused():
@@ -212,8 +215,9 @@ def bn(x, m):
 def hand_review(distiller, images, t_out):
     """The review term recomputed from the ABF weights with functional ops, deepest level first (eval mode)."""
     out = distiller.student.forward_features(images)
-    levels = list(out.stages) + [out.pre_pool.mean((2, 3), keepdim=True)]
+    levels = [out.stages[i] for i in distiller.student_stages] + [out.pre_pool.mean((2, 3), keepdim=True)]
     targets = teacher_levels(t_out)
+    assert distiller.teacher_stages == list(range(len(t_out.preact_stages)))  # every teacher stage, in order
     fused, residual = [], None
     for abf, x, t in zip(reversed(distiller.abfs), reversed(levels), reversed(targets)):
         x = bn(F.conv2d(x, abf.reduce[0].weight), abf.reduce[1])

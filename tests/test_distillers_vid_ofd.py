@@ -270,8 +270,18 @@ def test_ofd_heterogeneous_and_benchmark_pairs_train(teacher, student):
     cls.check_models(create_model(student, 10), create_model(teacher, 10), OFDOptions(), SPEC)
     distiller, t = make("ofd", student=student, teacher=teacher)
     images, targets, t_out = batch(t)
+    distiller.eval()  # eval BN so that a second pass gives the same maps
     _, losses = distiller(images, targets, t_out)
-    assert torch.isfinite(losses["ofd"]) and losses["ofd"].item() > 0
+    with torch.no_grad():  # each pair: connector, teacher map pooled to the student's size, halved per stage back
+        preact = distiller.student.forward_features(images).preact_stages
+        n = len(distiller.pairs)
+        expected = 0.0
+        for i, ((a, b), connector, margin) in enumerate(zip(distiller.pairs, distiller.connectors, distiller.margins())):
+            source = connector(preact[a])
+            target = F.adaptive_avg_pool2d(t_out.preact_stages[b], source.shape[-1])
+            expected += partial_l2(source, target, margin) / 2 ** (n - 1 - i)
+    assert losses["ofd"].item() == pytest.approx(0.001 * expected.item(), rel=1e-5) and expected.item() > 0
+    distiller.train()
     sum(losses.values()).backward()
     assert all(p.grad is not None for p in distiller.connectors.parameters())
 

@@ -106,7 +106,7 @@ def test_a_full_disk_stops_with_one_line_keeps_the_last_checkpoint_and_resumes(t
     recipe = small_recipe(tmp_path, methods="[vanilla]")
     monkeypatch.setattr(checkpoint, "open", FullDisk("last.pt.tmp", nth=2), raising=False)
     assert main([str(recipe), "epochs=3"]) == 2
-    line = one_line(capsys, "no space left on the disk of", "last.pt", "MiB needed", "resume the run")
+    line = one_line(capsys, "no space left on the disk of", "last.pt", "KiB needed", "resume the run")
     (run,) = list((tmp_path / "runs").iterdir())
     student = RunDir(run).student("vanilla", 0)
     assert torch.load(student.last_checkpoint, weights_only=True)["epoch"] == 1, line
@@ -114,6 +114,40 @@ def test_a_full_disk_stops_with_one_line_keeps_the_last_checkpoint_and_resumes(t
     monkeypatch.undo()
     assert main(["--resume", str(run)]) == 0
     assert [r["epoch"] for r in rows(student.metrics_file)] == ["1", "2", "3"]
+
+
+def test_a_full_disk_before_any_epoch_was_kept_removes_the_run_and_says_to_start_again(tmp_path, capsys, monkeypatch):
+    import kd.engine.checkpoint as checkpoint
+
+    recipe = small_recipe(tmp_path, methods="[vanilla]")
+    for name in ("recipe.yaml.tmp", "last.pt.tmp"):  # the first file of a run, the first checkpoint of epoch 1
+        monkeypatch.setattr(checkpoint, "open", FullDisk(name, nth=1), raising=False)
+        assert main([str(recipe), "epochs=2"]) == 2
+        line = one_line(capsys, "no space left on the disk of", name.removesuffix(".tmp"), "start the run again")
+        assert "resume" not in line
+        assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+    assert "KiB needed" in line or "MiB needed" in line  # a size in a unit that shows it, never "0.0 MiB"
+
+
+def test_an_unwritable_output_dir_is_refused_before_a_teacher_is_trained(tmp_path, capsys):
+    home = tmp_path / "home"
+    (home / "teachers").mkdir(parents=True)
+    (home / "recipes").mkdir()
+    (home / "teachers" / "pairs.yaml").write_text(
+        "tiny:\n  teacher: resnet14\n  student: resnet8\n  dataset: shapes\n  train_on_demand: true\n"
+        "  teacher_checkpoint: teachers/tiny.pt\n  teacher_recipe: recipes/tiny-teacher.yaml\n")
+    (home / "recipes" / "tiny-teacher.yaml").write_text(
+        "student: resnet14\nmethods: [vanilla]\nshapes: {train_size: 32, test_size: 16}\nepochs: 1\n")
+    (tmp_path / "file").write_text("x")
+    (home / "students.yaml").write_text(f"pair: tiny\nmethods: [kd]\nshapes: {{train_size: 32, test_size: 16}}\n"
+                                        f"epochs: 1\noutput_dir: {tmp_path / 'file' / 'runs'}\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KD_HOME": str(home)}
+    result = subprocess.run([sys.executable, str(ROOT / "run_kd.py"), str(home / "students.yaml")], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "is a file, not a folder" in result.stderr
+    assert "training the teacher" not in result.stdout and not (home / "teachers" / "tiny.pt").exists()
 
 
 def test_a_full_disk_while_rewriting_metrics_leaves_no_temporary_file(tmp_path, capsys, monkeypatch):
@@ -194,6 +228,8 @@ def test_a_loss_that_fails_in_the_first_epoch_leaves_no_run_directory(tmp_path, 
     ("a,b,c\n1,2,3\n", "is not a kd metrics file: it has no epoch, train_top1, test_top1"),
     ("epoch,lr,loss,train_top1,images_per_s,seconds,test_top1,test_top5\n1,0.1,1.0,50,100,1,40,90\n2,0.1,0.9,5",
      "line 3 is incomplete"),
+    ("epoch,lr,loss,train_top1,images_per_s,seconds,test_top1,test_top5\n1,0.1,1.0,50,100,1,nan,90\n",
+     "line 2 has no number in column test_top1"),
 ])
 def test_report_on_a_damaged_metrics_file_says_which_and_how_to_mend(tmp_path, capsys, damage, piece):
     run = tmp_path / "run"
@@ -220,3 +256,19 @@ def test_a_truncated_teacher_of_a_pair_says_how_to_train_it_again(tmp_path):
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "is not a readable torch checkpoint" in result.stderr
     assert "make it again with `python run_kd.py teacher tiny --retrain`" in result.stderr
+    result = subprocess.run([sys.executable, str(ROOT / "run_kd.py"), "teacher", "tiny"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "is not a readable torch checkpoint" in result.stderr
+    assert "make it again with `python run_kd.py teacher tiny --retrain`" in result.stderr
+
+
+def test_report_skips_a_student_whose_metrics_hold_only_the_header(tmp_path, capsys):
+    run = tmp_path / "run"
+    for student, body in (("kd-s0", "1,0.1,1.0,50,100,1,40,90\n"), ("vanilla-s0", "")):
+        (run / student).mkdir(parents=True)
+        (run / student / "metrics.csv").write_text(
+            "epoch,lr,loss,train_top1,images_per_s,seconds,test_top1,test_top5\n" + body)
+    (run / "recipe.yaml").write_text("name: run\nmethods: [kd, vanilla]\n")
+    from kd.report.tables import load_metrics
+
+    assert load_metrics([run])["method"].tolist() == ["kd"]

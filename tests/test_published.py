@@ -46,3 +46,8 @@ def test_report_sets_our_runs_beside_the_published_numbers_without_the_data(tmp_
     assert "| ccm | 74.00 ± 0.00 | - |" in text
     assert "| crd | - | 75.51 |" in text
     assert (tmp_path / "out" / "table.md").is_file() and (tmp_path / "out" / "curves.png").is_file()
+
+
+def test_a_published_method_beyond_the_benchmark_columns_is_kept_after_them():
+    frame = pd.DataFrame({"pair": ["a->b"] * 3, "method": ["zeta_kd", "kd", "teacher"], "top1": [70.0, 71.0, 75.0]})
+    assert list(published_wide(frame).columns) == ["pair", "teacher", "kd", "zeta_kd"]

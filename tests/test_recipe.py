@@ -81,3 +81,22 @@ def test_resolved_recipe_round_trips(tmp_path):
     recipe = load_recipe(write(tmp_path, "pair: quickstart\nmethods: [vanilla, kd]\nkd: {T: 3}\n"))
     again = load_recipe(write(tmp_path, recipe.to_yaml(), "again.yaml"))
     assert again.to_yaml() == recipe.to_yaml()
+
+
+def test_method_groups_expand_to_their_members_in_registry_order(tmp_path):
+    from kd.distillers import DISTILLERS
+
+    def methods(listed):  # kd's own methods (other tests may have registered more in this process)
+        found = load_recipe(write(tmp_path, f"pair: quickstart\nmethods: {listed}\n")).methods
+        return [m for m in found if DISTILLERS.get(m).__module__.startswith("kd.distillers.")]
+
+    assert methods("[mission]") == ["vanilla", "kd", "fitnets", "at", "cam_loss", "ccm", "ccm_kd"]
+    assert methods("[logit]") == ["kd", "ccm_kd", "dkd", "dist"]
+    assert methods("[cam]") == ["cam_loss", "ccm", "ccm_kd", "cat_kd"]
+    assert methods("[feature]") == ["fitnets", "at", "crd", "reviewkd", "pkt", "rkd", "sp", "nst", "kdsvd", "vid", "ofd"]
+    # a group and its members together: each method once, in the order given
+    assert methods("[ccm, cam, vanilla]") == ["ccm", "cam_loss", "ccm_kd", "cat_kd", "vanilla"]
+    assert len(methods("[all]")) == 19
+    assert load_recipe(write(tmp_path, "pair: quickstart\nmethods: [all]\n")).methods == DISTILLERS.names()
+    with pytest.raises(KDError, match=r"unknown (distiller|method group) 'missions'"):
+        methods("[missions]")

@@ -20,15 +20,16 @@ def metrics(path):
     return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(open(path))]
 
 
-def test_shards_are_contiguous_equal_slices_of_the_seed_major_students(tmp_path):
+def test_shards_are_contiguous_slices_of_the_seed_major_students_of_about_equal_cost(tmp_path):
     recipe = small_recipe(tmp_path, methods="[vanilla, kd, at]")
     seeds = "seeds=[0, 1, 2]"
     everyone = [(m, s) for s in (0, 1, 2) for m in ("vanilla", "kd", "at")]
     assert load_recipe(recipe, [seeds]).students() == everyone
     shards = [load_recipe(recipe, [seeds, f"shard={i}/4"]).students() for i in (1, 2, 3, 4)]
-    # 9 students in 4 slices of 2, 2, 2, 3 (sizes differ by at most one), in order, none twice, none left out
-    assert shards == [[("vanilla", 0), ("kd", 0)], [("at", 0), ("vanilla", 1)], [("kd", 1), ("at", 1)],
-                      [("vanilla", 2), ("kd", 2), ("at", 2)]]
+    # step costs 0.5, 1, 1 per seed (7.5 in all): cuts nearest to 1.875, 3.75 and 5.625; in order, none twice,
+    # none left out
+    assert shards == [[("vanilla", 0), ("kd", 0)], [("at", 0), ("vanilla", 1), ("kd", 1)], [("at", 1), ("vanilla", 2)],
+                      [("kd", 2), ("at", 2)]]
     assert load_recipe(recipe, [seeds, "shard=2/3"]).students() == [("vanilla", 1), ("kd", 1), ("at", 1)]
     assert load_recipe(recipe, [seeds, "shard=2/4"]).run_name == "tiny-shard2of4"
     for bad, message in (("0/2", "shard '0/2' is not I/N with 1 <= I <= N"), ("3/2", "is not I/N"),
@@ -38,35 +39,65 @@ def test_shards_are_contiguous_equal_slices_of_the_seed_major_students(tmp_path)
             load_recipe(recipe, [seeds, f"shard={bad}"])
 
 
+def test_costly_methods_are_dealt_out_so_that_shards_take_about_equal_time(tmp_path):
+    from kd.distillers import DISTILLERS
+
+    methods = ["vanilla", "cam_loss", "kd", "crd", "reviewkd"]
+    cost = {m: DISTILLERS.get(m).step_cost for m in methods}
+    assert cost["vanilla"] < cost["kd"] == 1.0 < cost["crd"] < cost["reviewkd"]  # as results/bench measures them
+    recipe = small_recipe(tmp_path, methods=f"[{', '.join(methods)}]")
+    shards = [load_recipe(recipe, ["seeds=[0, 1]", f"shard={i}/3"]).students() for i in (1, 2, 3)]
+    assert sum(shards, []) == load_recipe(recipe, ["seeds=[0, 1]"]).students()
+    costs = [sum(cost[m] for m, _ in shard) for shard in shards]
+    # equal counts (3, 3, 4 students) would cost 2.05, 4.2 and 5.25; the cuts by cost come within one student's
+    # cost of an equal share
+    assert max(costs) <= sum(costs) / 3 + max(cost.values()) / 2 and max(costs) < 5.25
+
+
 @pytest.fixture
 def deterministic():
     yield
     torch.use_deterministic_algorithms(False)  # the recipes below turn it on for this process
 
 
+def quickstart_overrides(tmp_path) -> list[str]:
+    """The quickstart recipe (the seven methods, its pair) made small: fewer images and epochs, 3 seeds, a random
+    teacher of the pair's architecture in place of the trained one, deterministic algorithms."""
+    from kd.models import create_model
+
+    torch.manual_seed(0)
+    torch.save({"model": create_model("resnet20", 10).state_dict()}, tmp_path / "teacher.pt")
+    return ["shapes={train_size: 64, test_size: 32}", "epochs=1", "batch_size=16", "seeds=[0, 1, 2]",
+            "deterministic=true", f"teacher_checkpoint={tmp_path / 'teacher.pt'}"]
+
+
 def test_merged_shards_equal_the_unsharded_comparison(tmp_path, capsys, deterministic):
-    recipe = small_recipe(tmp_path, methods="[vanilla, kd]", extra="deterministic: true\nseeds: [0, 1, 2]\n")
-    assert main(["compare", str(recipe), "epochs=2", f"output_dir={tmp_path / 'whole'}"]) == 0
+    from conftest import ROOT
+
+    recipe, small = ROOT / "recipes" / "quickstart.yaml", quickstart_overrides(tmp_path)
+    assert main(["compare", str(recipe), *small, f"output_dir={tmp_path / 'whole'}"]) == 0
     (whole_run,) = (tmp_path / "whole").iterdir()
     shard_runs = []
-    for i in (1, 2):  # 6 students: (vanilla, 0) (kd, 0) (vanilla, 1) | (kd, 1) (vanilla, 2) (kd, 2)
+    for i in (1, 2):  # by step cost: seed 0 and the first four students of seed 1 | the rest
         capsys.readouterr()
-        assert main(["compare", str(recipe), "epochs=2", "--shard", f"{i}/2", f"output_dir={tmp_path / 'shards'}"]) == 0
+        assert main(["compare", str(recipe), *small, "--shard", f"{i}/2", f"output_dir={tmp_path / 'shards'}"]) == 0
         assert "merge their run directories" in capsys.readouterr().out
-        (run,) = (tmp_path / "shards").glob(f"tiny-shard{i}of2-*")
+        (run,) = (tmp_path / "shards").glob(f"quickstart-shard{i}of2-*")
         shard_runs.append(run)
         assert f"shard: {i}/2" in (run / "recipe.yaml").read_text()  # the full recipe plus the shard: resumable
-    assert sorted(p.parent.name for p in shard_runs[0].glob("*/metrics.csv")) == ["kd-s0", "vanilla-s0", "vanilla-s1"]
-    for label in ("vanilla-s0", "kd-s0", "vanilla-s1", "kd-s1", "vanilla-s2", "kd-s2"):
+    methods = ["vanilla", "kd", "fitnets", "at", "cam_loss", "ccm", "ccm_kd"]
+    first = [f"{m}-s0" for m in methods] + [f"{m}-s1" for m in methods[:4]]
+    assert sorted(p.parent.name for p in shard_runs[0].glob("*/metrics.csv")) == sorted(first)
+    for label in [f"{m}-s{seed}" for seed in (0, 1, 2) for m in methods]:
         (sharded,) = [run / label / "metrics.csv" for run in shard_runs if (run / label).is_dir()]
         assert metrics(sharded) == metrics(whole_run / label / "metrics.csv"), label
     assert main(["report", *map(str, shard_runs), "--out", str(tmp_path / "merged")]) == 0
     ours = pd.read_csv(tmp_path / "merged" / "table.csv").set_index("method")
     theirs = pd.read_csv(whole_run / "report" / "table.csv").set_index("method")
-    assert list(ours.index) == list(theirs.index) == ["vanilla", "kd"]
+    assert list(ours.index) == list(theirs.index) == methods
     assert list(ours.columns) == list(theirs.columns)
-    # kd and vanilla of seed 1 trained in different shards: still paired, so kd's difference counts 3 seeds
-    assert (ours["seeds"] == 3).all() and ours.loc["kd", "vs_vanilla_n"] == 3
+    # ccm and vanilla of seed 1 trained in different shards: still paired, so ccm's difference counts 3 seeds
+    assert (ours["seeds"] == 3).all() and ours.loc["ccm", "vs_vanilla_n"] == 3 and ours.loc["ccm", "vs_kd_n"] == 3
     for column in ours.columns.drop("images_per_s"):
         for method in ours.index:
             a, b = ours.loc[method, column], theirs.loc[method, column]
@@ -77,7 +108,7 @@ def test_merged_shards_equal_the_unsharded_comparison(tmp_path, capsys, determin
     # an interrupted shard is found again by its own recipe (the shard included), never another shard's run
     (shard_runs[1] / "summary.csv").unlink()
     capsys.readouterr()
-    assert main(["compare", str(recipe), "epochs=2", "--shard", "2/2", f"output_dir={tmp_path / 'shards'}"]) == 0
+    assert main(["compare", str(recipe), *small, "--shard", "2/2", f"output_dir={tmp_path / 'shards'}"]) == 0
     assert f"resuming the interrupted comparison in {shard_runs[1]}" in capsys.readouterr().out
     assert sorted((tmp_path / "shards").iterdir()) == sorted(shard_runs)
 

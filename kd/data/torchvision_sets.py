@@ -46,6 +46,10 @@ def _load_cifar(name: str, root: str | None, download: bool) -> DataBundle:
                           f"not 32x32; point data_root at a CIFAR copy, or use dataset: imagefolder")
         return DataBundle(name, train_set, test_set, mean, std, augment="crop_flip", crop_padding=4)
     base = Path(root).expanduser() if root else default_root()
+    if base.is_file():
+        raise KDError(f"{name}: data_root {base} is a file, but neither a JPEG copy's archive (.tar.gz) nor a folder; "
+                      f"point data_root at the folder that holds '{FOLDERS[name]}' or at the archive "
+                      f"(e.g. ../shared/data/{name}-jpeg.tar.gz)")
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     if not download and not (base / FOLDERS[name]).is_dir():
         raise KDError(

@@ -117,6 +117,9 @@ class Distiller(nn.Module):
     needs_index = False
     groups: tuple[str, ...] = ()
     paper = ""
+    # The time of one training step relative to a KD step (student step + teacher forward), as a rough median of
+    # results/bench/*-cpu.md; `compare --shard` deals students out by it so that the shards take about equal time.
+    step_cost = 1.0
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, options, data: DataSpec):
         super().__init__()

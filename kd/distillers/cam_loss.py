@@ -57,6 +57,7 @@ class CamLoss(Distiller):
     needs_teacher = False
     groups = ("mission", "cam")
     paper = "Wang et al., ICCV 2021, CAM-loss: Towards Learning Spatially Discriminative Feature Representations"
+    step_cost = 0.55
 
     @classmethod
     def check_models(cls, student, teacher, options, data):

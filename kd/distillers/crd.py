@@ -158,6 +158,7 @@ class CRD(Distiller):
 
     groups = ("feature",)
     paper = "Tian, Krishnan, Isola, ICLR 2020, Contrastive Representation Distillation"
+    step_cost = 1.7
     needs_index = True
 
     def __init__(self, student, teacher, options, data):

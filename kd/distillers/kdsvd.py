@@ -143,6 +143,7 @@ class KDSVD(Distiller):
 
     groups = ("feature",)
     paper = "Lee, Kim & Song, ECCV 2018, Self-supervised Knowledge Distillation Using Singular Value Decomposition"
+    step_cost = 1.8
 
     def __init__(self, student, teacher, options, data):
         super().__init__(student, teacher, options, data)

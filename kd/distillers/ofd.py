@@ -154,6 +154,7 @@ class OFD(Distiller):
 
     groups = ("feature",)
     paper = "Heo et al., ICCV 2019, A Comprehensive Overhaul of Feature Distillation"
+    step_cost = 1.2
 
     def __init__(self, student, teacher, options, data):
         super().__init__(student, teacher, options, data)

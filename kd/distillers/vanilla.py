@@ -10,6 +10,7 @@ class Vanilla(Distiller):
     needs_teacher = False
     groups = ("mission",)
     paper = "-"
+    step_cost = 0.5
 
     def forward(self, images, targets, teacher=None, epoch=0):
         logits = self.student(images)

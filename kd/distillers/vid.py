@@ -91,6 +91,7 @@ class VID(Distiller):
 
     groups = ("feature",)
     paper = "Ahn et al., CVPR 2019, Variational Information Distillation for Knowledge Transfer"
+    step_cost = 1.2
 
     def __init__(self, student, teacher, options, data):
         super().__init__(student, teacher, options, data)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kd.errors import KDError
+from kd.errors import KDError, WriteFailed
 
 
 def save_atomic(obj, path: str | Path, keep_previous: bool = False) -> None:
@@ -40,11 +40,19 @@ def write_atomic(path: str | Path, data, keep_previous: bool = False) -> None:
         _fsync_dir(path.parent)
     except OSError as err:
         tmp.unlink(missing_ok=True)
-        size = f"{len(data) / 2**20:.1f} MiB"
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise KDError(f"no space left on the disk of {path} ({size} needed); the last good files are kept: "
-                          f"free some space, then resume the run (run_kd.py --resume RUN_DIR)") from None
+            raise WriteFailed(f"no space left on the disk of {path} ({byte_size(len(data))} needed)",
+                           "the last good files are kept: free some space, then resume the run "
+                           "(run_kd.py --resume RUN_DIR)") from None
         raise KDError(f"cannot write {path} ({err.strerror or err}); check that the folder is writable") from None
+
+
+def byte_size(n: int) -> str:
+    """1536 -> '1.5 KiB': the space a write needed, in a unit that shows it."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
 
 
 def previous(path: Path) -> Path:

@@ -2,6 +2,7 @@
 
     <output_dir>/<name>-<YYYYmmdd-HHMMSS>[-N]/
         recipe.yaml                  the fully resolved recipe (loading it again gives the same run)
+        report/                      the tables and pictures `compare` and `report` write
         summary.csv                  one row per student, written when every student has finished
         <label>-s<seed>/             one folder per student (StudentDir)
             metrics.csv              one row per epoch
@@ -26,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from kd.engine.checkpoint import previous, read_checkpoint, write_atomic
-from kd.errors import KDError
+from kd.errors import KDError, WriteFailed
 
 RECIPE = "recipe.yaml"
 SUMMARY = "summary.csv"
@@ -119,6 +120,8 @@ class RunDir:
     def open(cls, path: str | Path, what: str = "resume") -> "RunDir":
         """An existing run directory, or one line saying why `path` is not one."""
         run = cls(path)
+        if run.path.exists() and not run.path.is_dir():
+            raise KDError(f"{what}: {run.path} is a file, not a run directory; pass the folder a run printed")
         if not run.path.is_dir():
             raise KDError(f"{what}: {run.path} is not a run directory (no such folder); pass a folder a run printed")
         if not run.recipe_file.is_file():
@@ -204,6 +207,18 @@ class RunDir:
         """recipe.yaml; `note` becomes a comment line above it (what the run resolved on its machine)."""
         write_atomic(self.recipe_file, ((f"# {note}\n" if note else "") + text).encode())
 
+    @property
+    def report_dir(self) -> Path:
+        """Where `compare` and `report` write this run's tables and pictures by default."""
+        return self.path / "report"
+
+    def recipe(self, overrides: list[str] = ()):
+        """recipe.yaml as a validated Recipe, `overrides` applied; its resume key is cleared first (the saved
+        recipe describes the run itself), so a resume sets it again through `overrides`."""
+        from kd.recipe import load_recipe
+
+        return load_recipe(self.recipe_file, ["resume=null", *overrides])
+
     def recipe_mapping(self) -> dict:
         """recipe.yaml as a plain mapping (for reports and resume checks; kd.recipe.load_recipe validates it)."""
         try:
@@ -238,12 +253,15 @@ class RunDir:
         with open(self.summary_file, newline="") as f:
             return list(csv.DictReader(f))
 
-    def discard_if_unused(self) -> None:
-        """Remove a run directory in which no student has finished an epoch (a run that failed at once)."""
+    def discard_if_unused(self) -> bool:
+        """Remove a run directory in which no student has finished an epoch (a run that failed at once);
+        whether it was removed."""
         import shutil
 
-        if not any(self.path.glob("*/metrics.csv")):
-            shutil.rmtree(self.path, ignore_errors=True)
+        if any(self.path.glob("*/metrics.csv")):
+            return False
+        shutil.rmtree(self.path, ignore_errors=True)
+        return True
 
     def archive(self, destination: str | Path) -> "RunDir":
         """Copy what rebuilds this run's tables (recipe, summary, localisation scores, every student's
@@ -323,8 +341,8 @@ class MetricsFile:
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as err:  # the checkpoint was saved first: a resumed run rewrites this file from it
-            raise KDError(f"cannot write {self.path} ({err.strerror or err}); the last checkpoint is kept: free "
-                          f"space or fix the folder, then resume the run (run_kd.py --resume RUN_DIR)") from None
+            raise WriteFailed(f"cannot write {self.path} ({err.strerror or err})", "the last checkpoint is kept: "
+                              "free space or fix the folder, then resume the run (run_kd.py --resume RUN_DIR)") from None
 
     def replace(self, rows: list[dict]) -> None:
         """Make the file hold exactly `rows` (a resumed run restores what its checkpoint knew)."""

@@ -25,10 +25,9 @@ class SavedRun:
 
     def __init__(self, run_dir: Path):
         from kd.data import load_data
-        from kd.recipe import load_recipe
 
         self.run = RunDir.open(run_dir, "report")
-        self.recipe = load_recipe(self.run.recipe_file, ["resume=null"])
+        self.recipe = self.run.recipe()
         r = self.recipe
         self.data = load_data(r.dataset, r.data_options(), r.data_root, r.download, r.subset_per_class, r.val_split)
         self.hw = resolve_hardware("cpu" if not torch.cuda.is_available() else "auto", "fp32", False)

@@ -70,14 +70,32 @@ def read_metrics(path, run) -> pd.DataFrame:
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
         raise KDError(f"{path} is not a kd metrics file: it has no {', '.join(missing)} column; {mend}")
+    if frame.empty:
+        return frame  # a header alone: the student finished no epoch yet
     incomplete = frame[list(REQUIRED)].isna().any(axis=1)
     if incomplete.any():
-        line = int(incomplete.to_numpy().nonzero()[0][0]) + 2  # + header, 1-based
-        raise KDError(f"{path} line {line} is incomplete (the run was stopped while writing it); {mend}")
+        row = int(incomplete.to_numpy().nonzero()[0][0])
+        line = row + 2  # + header, 1-based
+        if fields_on_line(path, line) < len(frame.columns):
+            raise KDError(f"{path} line {line} is incomplete (the run was stopped while writing it); {mend}")
+        column = next(c for c in REQUIRED if pd.isna(frame.at[row, c]))
+        raise KDError(f"{path} line {line} has no number in column {column} (empty or NaN; kd never writes that); "
+                      f"{mend}")
     for column in REQUIRED:
         if not pd.api.types.is_numeric_dtype(frame[column]):
             raise KDError(f"{path}: column {column} holds values that are not numbers; {mend}")
     return frame
+
+
+def fields_on_line(path, line: int) -> int:
+    """How many comma-separated fields line `line` (1-based) of a CSV file holds."""
+    import csv
+
+    with open(path, newline="") as f:
+        for number, fields in enumerate(csv.reader(f), start=1):
+            if number == line:
+                return len(fields)
+    return 0
 
 
 def first_epoch_reaching(curve: pd.Series, level: float) -> float:
