@@ -32,32 +32,42 @@ STEPS = 40
 MIN_SPEEDUP = 1.05  # the last half gives the steady step time
 
 
-def measure(pair: str, compile_: bool) -> dict:
-    """In this process: the first STEPS training steps and two evaluation forwards, each timed."""
+def kd_step(pair: str, overrides: list[str] = ()):
+    """What one KD training step of `pair` needs, built the way a run builds it from the pair's own students
+    recipe (its epochs, data and defaults; KD only, batch 64, `overrides` on top), on one random batch:
+    (recipe, hardware, spec, teacher, trainee, images, targets)."""
     import torch
 
     from kd.data import data_spec
     from kd.engine.device import resolve_hardware
     from kd.engine.rundir import RunDir
-    from kd.engine.trainer import teacher_pass, train_step
     from kd.models import create_model
     from kd.recipe import load_recipe
     from kd.run import build_trainee, compiled
 
-    # the pair's own students recipe (its epochs, data and defaults), KD only, batch 64
     recipe = load_recipe(RECIPES.get(pair, f"recipes/cifar100/{pair}/students.yaml"),
-                         ["methods=[kd]", "batch_size=64", f"compile={compile_}"])
+                         ["methods=[kd]", "batch_size=64", *overrides])
     hw = resolve_hardware(recipe.device, recipe.precision, recipe.channels_last, recipe.deterministic)
     spec = data_spec(recipe.dataset, recipe.data_options(), recipe.data_root)
     torch.manual_seed(0)
     teacher = create_model(recipe.teacher, spec.num_classes).to(hw.device, memory_format=hw.memory_format)
     teacher.eval().requires_grad_(False)
-    if compile_:
+    if recipe.compile:
         compiled(teacher, recipe.compile_mode, frozen=True)
     images = torch.randn(recipe.batch_size, 3, *spec.image_size).contiguous(memory_format=hw.memory_format)
     targets = torch.randint(0, spec.num_classes, (recipe.batch_size,))
     with tempfile.TemporaryDirectory() as scratch:
         trainee = build_trainee(recipe, "kd", 0, teacher, spec, hw, RunDir(scratch))
+    return recipe, hw, spec, teacher, trainee, images, targets
+
+
+def measure(pair: str, compile_: bool) -> dict:
+    """In this process: the first STEPS training steps and two evaluation forwards, each timed."""
+    import torch
+
+    from kd.engine.trainer import teacher_pass, train_step
+
+    recipe, hw, spec, teacher, trainee, images, targets = kd_step(pair, [f"compile={compile_}"])
     train_size = spec.train_size or getattr(recipe.data_options(), "train_size", 50_000)  # CIFAR: 50,000
     steps = []
     for _ in range(STEPS):

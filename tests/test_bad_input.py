@@ -73,6 +73,7 @@ CASES = [
     (["{t}/ok.yaml", "methods=[kd@]"], ["method 'kd@': a variant needs a name after '@'"]),
     (["{t}/ok.yaml", "name=" + "x" * 300], ["cannot name a run directory"]),
     (["{t}/ok.yaml", "name=../escape"], ["cannot name a run directory", "no '/', no '..'"]),
+    (["{t}/ok.yaml", "name=a/b"], ["cannot name a run directory", "no '/', no '..'"]),
     (["{t}/ok.yaml", "output_dir={t}/notckpt.pt"], ["output_dir", "notckpt.pt is a file, not a folder"]),
     (["{t}/ok.yaml", "output_dir={t}/notckpt.pt/below"], ["notckpt.pt is a file, not a folder"]),
     (["{t}/ok.yaml", "output_dir=/proc/kd-runs"], ["output_dir /proc/kd-runs is not writable"]),
