@@ -314,3 +314,37 @@ def test_losses_are_float32_under_autocast():
         _, terms = distiller(images, targets, t_out, 0, index=index)
     assert all(v.dtype == torch.float32 for v in terms.values())
     assert distiller.memory_student.dtype == torch.float32
+
+
+# --- negatives of the other classes (the reference's CIFAR-100 mode, with replacement) --------------------------
+
+def test_other_class_negatives_never_share_the_anchors_class_and_reach_every_other_image():
+    torch.manual_seed(0)
+    labels = torch.tensor([3, 0, 1, 3, 2, 0, 1, 1, 2, 3, 0, 2])  # 4 classes of 3 images, shuffled
+    by_class = torch.argsort(labels, stable=True)
+    class_start = torch.tensor([0, 3, 6, 9, 12])
+    index = torch.tensor([0, 1, 4, 7])
+    samples = crd.draw_other_class_samples(index, labels[index], by_class, class_start, 3000)
+    assert samples.shape == (4, 3001) and torch.equal(samples[:, 0], index)
+    for row, anchor in zip(samples, index.tolist()):
+        drawn = row[1:]
+        assert (labels[drawn] != labels[anchor]).all()
+        # uniform over the 9 images of the other three classes: each drawn about 3000 / 9 = 333 times
+        counts = torch.bincount(drawn, minlength=12)[labels != labels[anchor]]
+        assert len(counts) == 9 and counts.min() > 250 and counts.max() < 420
+
+
+def test_other_class_negatives_need_the_training_labels_and_train():
+    with pytest.raises(KDError, match="crd.negatives other_classes .*declared no labels"):
+        make(negatives="other_classes")
+    torch.manual_seed(0)
+    labels = torch.arange(TRAIN_SIZE) % 10
+    cls = DISTILLERS.get("crd")
+    t = create_model("resnet14", 10).eval().requires_grad_(False)
+    distiller = cls(create_model("resnet8", 10), t, cls.Options(negatives="other_classes", nce_k=32),
+                    DataSpec(10, (32, 32), TRAIN_SIZE, labels))
+    assert "by_class" not in distiller.state_dict() and "class_start" not in distiller.state_dict()  # derived
+    images, _, t_out, index = batch(t)
+    _, losses = distiller(images, labels[index], t_out, index=index)
+    assert torch.isfinite(losses["crd"]) and losses["crd"].item() > 0
+    assert DISTILLERS.get("crd").Options().negatives == "any"  # the default draws from every other image

@@ -1,7 +1,7 @@
 """What every data set declares (DataSpec), loads (DataBundle) and how its entries are written (DataSource)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -12,11 +12,12 @@ from kd.data.loader import TensorLoader
 class DataSpec:
     """What a data set looks like to a model, known without decoding a single image (as timm's model configs
     are known without building the model): the class count, the image size, and, once loaded, the size of the
-    training split."""
+    training split and the label of each of its images (for methods that sample other images by class)."""
 
     num_classes: int
     image_size: tuple[int, int]
     train_size: int | None = None
+    train_labels: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -85,7 +86,7 @@ class DataBundle:
 
     @property
     def spec(self) -> DataSpec:
-        return DataSpec(self.num_classes, self.image_size, len(self.train))
+        return DataSpec(self.num_classes, self.image_size, len(self.train), self.train.labels)
 
     def loader(self, split: str, batch_size: int, device, seed: int = 0, rank: int = 0, world_size: int = 1,
                channels_last: bool = False):

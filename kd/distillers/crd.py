@@ -35,12 +35,14 @@ also used by mdistiller; ../shared/fixtures/README.md lists them):
   mean(exp(<m, v> / nce_t)) * N over that batch's samples, and kept fixed; it is the buffer nce_z (-1:
   not yet estimated), so a resumed run uses the same constants.
 - Negatives: the reference's default CIFAR-100 setting (mode "exact") has its data set hand each image K
-  indices drawn without replacement from the images of the OTHER classes. A distiller here sees only the
-  indices of its batch, never the labels of the rest of the set, so it does what the reference's memory
-  module does when it is given no sample lists: draw uniformly over the whole set with replacement (from
-  torch's global RNG, which checkpoints save), with the image itself in slot 0. Unlike that fallback, the
-  image itself is never drawn as one of its own negatives (drawn from the other N - 1). Images of the same
-  class can be drawn as negatives (a fraction of about 1/num_classes of them).
+  indices drawn without replacement from the images of the OTHER classes. `negatives: any` (the default, the
+  one kd's committed results used) does what the reference's memory module does when it is given no sample
+  lists: draw uniformly over the whole set with replacement (from torch's global RNG, which checkpoints save),
+  with the image itself in slot 0; unlike that fallback, the image itself is never drawn as one of its own
+  negatives (drawn from the other N - 1), and images of the same class can be (about 1/num_classes of them).
+  `negatives: other_classes` draws, with replacement, only among the images of the other classes, read from
+  the training labels the data set declares (DataSpec.train_labels): the reference's mode but for
+  replacement (at K = 16,384 of 49,500 images a draw without replacement would cost a permutation per image).
 - Cost: the reference gathers the B x (K+1) sampled rows of each bank (about 1 M rows of 128 floats at
   batch 64) and multiplies them with the anchors. When that gather moves more floats than reading the
   whole bank once and scoring the batch against every row (N x (D + B) against B x (K+1) x D), the
@@ -54,6 +56,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -118,6 +121,19 @@ def draw_samples(index: torch.Tensor, n_data: int, k: int) -> torch.Tensor:
     return torch.cat([index[:, None], others], 1)
 
 
+def draw_other_class_samples(index: torch.Tensor, targets: torch.Tensor, by_class: torch.Tensor,
+                             class_start: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, k+1) bank rows per image: the image itself in column 0, then k images of the OTHER classes, drawn
+    uniformly with replacement (global torch RNG). by_class: the training images' indices grouped by class;
+    class c's images are by_class[class_start[c]:class_start[c + 1]]."""
+    own_start, own_end = class_start[targets], class_start[targets + 1]
+    others = len(by_class) - (own_end - own_start)  # how many images the other classes hold, per anchor
+    position = (torch.rand(len(index), k, device=index.device) * others[:, None]).long()
+    position = torch.minimum(position, (others - 1)[:, None])  # rand can round up to exactly 1.0 in float32
+    position += (own_end - own_start)[:, None] * (position >= own_start[:, None])  # skip the anchor's class
+    return torch.cat([index[:, None], by_class[position]], 1)
+
+
 def all_ranks(t: torch.Tensor) -> torch.Tensor:
     """`t` of every torchrun rank concatenated along dim 0 (rank order); `t` itself outside torchrun."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -136,9 +152,17 @@ class CRDOptions(BaseOptions):
     nce_k: int = field(default=16384, metadata={"min": 1, "help": "negatives drawn per image"})
     nce_t: float = field(default=0.07, metadata={"gt": 0, "help": "NCE temperature"})
     nce_m: float = field(default=0.5, metadata={"min": 0, "max": 1, "help": "momentum of the memory-bank update"})
+    negatives: Literal["any", "other_classes"] = field(default="any", metadata={"help": "any: uniform over every other training image; other_classes: uniform over the images of the other classes (the reference's CIFAR-100 mode, which draws them without replacement); both with replacement"})
 
 
-def check_data(data) -> None:
+def check_data(data, options=None) -> None:
+    if options is not None and options.negatives == "other_classes":
+        if data.train_labels is None:
+            raise KDError("crd.negatives other_classes draws negatives by class, but the data set declared no labels "
+                          "of its training images (DataSpec.train_labels); build the distiller with the loaded data "
+                          "set's spec, or use crd.negatives: any")
+        if len(torch.unique(data.train_labels)) < 2:
+            raise KDError("crd.negatives other_classes needs images of at least two classes in the training set")
     if data.train_size is None:
         raise KDError("crd keeps one memory-bank row per training image, but the data set declared no training-set "
                       "size (DataSpec.train_size is None); build the distiller with the loaded data set's spec")
@@ -163,7 +187,7 @@ class CRD(Distiller):
 
     def __init__(self, student, teacher, options, data):
         super().__init__(student, teacher, options, data)
-        check_data(data)
+        check_data(data, options)
         d = options.feat_dim
         self.embed_student = nn.Linear(require_pooled_feature(student, "student", "crd", data.input_size), d)
         self.embed_teacher = nn.Linear(require_pooled_feature(teacher, "teacher", "crd", data.input_size), d)
@@ -173,10 +197,15 @@ class CRD(Distiller):
         self.register_buffer("nce_z", torch.full((2,), -1.0))  # Z of (student anchor, teacher anchor); -1: unset
         self._z_known = False  # whether nce_z is known to be set: saves a host sync per step
         self.register_load_state_dict_post_hook(forget_z)
+        if options.negatives == "other_classes":  # derived from the data set, so not saved in checkpoints
+            labels = data.train_labels.long()
+            self.register_buffer("by_class", torch.argsort(labels, stable=True), persistent=False)
+            counts = torch.bincount(labels, minlength=int(labels.max()) + 1)
+            self.register_buffer("class_start", torch.cat([counts.new_zeros(1), counts.cumsum(0)]), persistent=False)
 
     @classmethod
     def check_models(cls, student, teacher, options, data):
-        check_data(data)
+        check_data(data, options)
         require_pooled_feature(student, "student", "crd", data.input_size)
         require_pooled_feature(teacher, "teacher", "crd", data.input_size)
 
@@ -210,7 +239,8 @@ class CRD(Distiller):
             v_s = F.normalize(self.embed_student(out.pre_pool.float().mean((2, 3))), dim=1)
             v_t = F.normalize(self.embed_teacher(teacher.pre_pool.detach().float().mean((2, 3))), dim=1)
             n = self.memory_student.shape[0]
-            samples = draw_samples(index, n, o.nce_k)
+            samples = (draw_samples(index, n, o.nce_k) if o.negatives == "any" else
+                       draw_other_class_samples(index, targets, self.by_class, self.class_start, o.nce_k))
             exp_s = contrast_scores(self.memory_teacher, samples, v_s).div(o.nce_t).exp()
             exp_t = contrast_scores(self.memory_student, samples, v_t).div(o.nce_t).exp()
             z = self.normalisers(exp_s, exp_t).clone()  # a copy: the buffer may be overwritten before backward
