@@ -348,3 +348,45 @@ def test_other_class_negatives_need_the_training_labels_and_train():
     _, losses = distiller(images, labels[index], t_out, index=index)
     assert torch.isfinite(losses["crd"]) and losses["crd"].item() > 0
     assert DISTILLERS.get("crd").Options().negatives == "any"  # the default draws from every other image
+
+
+def _two_rank_banks(rank, store, out):
+    import torch.distributed as dist
+
+    from kd.engine.device import resolve_hardware
+    from kd.engine.distributed import Distributed, wrap_ddp
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        distiller, teacher = make(nce_k=16)  # the same seed on both ranks: the same initial banks
+        ddp = wrap_ddp(distiller, resolve_hardware("cpu", "fp32", False), Distributed(rank, 2, 0))
+        optimizer = torch.optim.SGD(distiller.trainable_parameters(), lr=0.1)
+        for step in range(3):  # each rank its own images and indices, as the sharded loader gives them
+            images, targets, t_out, index = batch(teacher, seed=10 * step + rank)
+            _, losses = ddp(images, targets, t_out, index=index)
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+        state = {}
+        for name in ("memory_student", "memory_teacher", "nce_z"):
+            mine = getattr(distiller, name)
+            state[name] = [torch.empty_like(mine) for _ in range(2)]
+            dist.all_gather(state[name], mine)
+        if rank == 0:
+            torch.save({"ignored": sorted(ddp.parameters_to_ignore), **state}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_under_ddp_the_banks_stay_equal_on_every_rank_without_being_broadcast(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_two_rank_banks, args=(str(tmp_path / "store"), str(tmp_path / "out.pt")), nprocs=2, join=True)
+    result = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert result["ignored"] == ["memory_student", "memory_teacher", "nce_z"]  # DDP leaves them to CRD
+    for name in ("memory_student", "memory_teacher", "nce_z"):
+        rank0, rank1 = result[name]
+        assert torch.equal(rank0, rank1), name  # kept equal by the all-gathered update alone
+    fresh, _ = make(nce_k=16)
+    assert not torch.equal(result["memory_student"][0], fresh.memory_student)  # and they did change
+    assert (result["nce_z"][0] > 0).all()

@@ -143,6 +143,11 @@ class Distiller(nn.Module):
     def ce(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.options.ce_weight * nn.functional.cross_entropy(logits.float(), targets)
 
+    def buffers_synced_by_the_method(self) -> list[str]:
+        """Names of buffers the method itself keeps equal on every torchrun rank (CRD's memory banks, updated
+        from the batches of all ranks), which DDP therefore need not copy from rank 0 at every forward."""
+        return []
+
     def may_leave_parameters_unused(self) -> bool:
         """True when some steps give part of the parameters no gradient (DDP must then look for them)."""
         return False

@@ -65,5 +65,8 @@ def wrap_ddp(distiller: torch.nn.Module, hw, ctx: Distributed) -> torch.nn.Modul
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [hw.device.index] if hw.device.type == "cuda" else None
+    synced = distiller.buffers_synced_by_the_method()
+    if synced:  # DDP broadcasts every other buffer (BatchNorm statistics) from rank 0 at each forward
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(distiller, synced)
     return DistributedDataParallel(distiller, device_ids=ids,
                                    find_unused_parameters=distiller.may_leave_parameters_unused())
