@@ -46,6 +46,26 @@ def build_teacher(recipe: Recipe, num_classes: int, hw: Hardware, console=None):
     return compiled(teacher, recipe.compile_mode, frozen=True) if recipe.compile else teacher
 
 
+def teacher_for_passes(teacher, recipe: Recipe, spec: DataSpec, hw: Hardware, console=None):
+    """The module the trainer runs the teacher's passes with: the teacher itself, or (recipe teacher_fold_bn) a
+    copy with its BatchNorm layers folded into its convolutions (kd.models.fold). Distillers and evaluation keep
+    the original, whose BatchNorm layers OFD reads."""
+    if teacher is None or not recipe.teacher_fold_bn or recipe.compile:
+        return teacher
+    from kd.models.fold import fold_batchnorm
+
+    folded = fold_batchnorm(teacher, spec.input_size)
+    if folded is None:
+        if console is not None:
+            console.print(f"[yellow]warning:[/] teacher_fold_bn: folding the BatchNorm layers of '{recipe.teacher}' "
+                          f"does not reproduce it, so its passes run unfolded")
+        return teacher
+    module, count = folded
+    if console is not None:
+        console.print(f"teacher passes with {count} BatchNorm layers folded into their convolutions")
+    return module.to(hw.device, memory_format=hw.memory_format)
+
+
 # torch.compile's modes as inductor options, so that the frozen teacher can add "freezing" to them
 MODE_OPTIONS = {"default": {}, "reduce-overhead": {"triton.cudagraphs": True},
                 "max-autotune": {"max_autotune": True, "triton.cudagraphs": True}}
@@ -158,6 +178,7 @@ def train_students(recipe: Recipe, run: RunDir, hw, data, teacher, ctx: Distribu
         teacher_top1 = evaluate(teacher, evals["test"], hw)["test_top1"]
         if console is not None:
             console.print(f"teacher {recipe.teacher}: test top-1 {teacher_top1:.2f}%")
+    passes = teacher_for_passes(teacher, recipe, data.spec, hw, console)
     students = recipe.students()  # all of the recipe's, or its shard's slice
     groups = [[(m, s) for m, s in students if s == seed] for seed in dict.fromkeys(s for _, s in students)] \
         if recipe.shared_teacher else [[student] for student in students]
@@ -178,7 +199,7 @@ def train_students(recipe: Recipe, run: RunDir, hw, data, teacher, ctx: Distribu
                 trainee.restore(state)
             elif resuming and ctx.is_main:
                 trainee.metrics.replace([])  # no checkpoint yet: the rows an interrupted epoch left are redone
-        Trainer(trainees, teacher, train_loader, evals, hw, recipe.epochs, recipe.checkpoint_every,
+        Trainer(trainees, passes, train_loader, evals, hw, recipe.epochs, recipe.checkpoint_every,
                 is_main=ctx.is_main, console=console).fit(progress=progress)
         done += [(m, s, trainee) for (m, s), trainee in zip(group, trainees)]
     rows = [summary_row(m, s, trainee, teacher_top1) for m, s, trainee in done]

@@ -43,7 +43,7 @@ def bench_pair(recipe, steps: int = 10, rounds: int = 5, warmup: int = 3, consol
     from kd.data import data_spec
     from kd.engine.device import resolve_hardware
     from kd.engine.rundir import RunDir
-    from kd.run import build_trainee, compiled
+    from kd.run import build_trainee, compiled, teacher_for_passes
 
     methods = recipe.methods
     hw = resolve_hardware(recipe.device, recipe.precision, recipe.channels_last, recipe.deterministic)
@@ -64,6 +64,7 @@ def bench_pair(recipe, steps: int = 10, rounds: int = 5, warmup: int = 3, consol
                                           recipe.method_options(method), spec)
     with tempfile.TemporaryDirectory() as scratch:
         members = {m: build_trainee(recipe, m, 0, teacher, spec, hw, RunDir(scratch)) for m in methods}
+    teacher = teacher_for_passes(teacher, recipe, spec, hw, console)  # the module a run's passes use
 
     def teacher_forward():
         with torch.inference_mode(), hw.autocast():
