@@ -8,6 +8,8 @@
     python bench/cifar100.py --teacher    only the teacher (recipes/cifar100-cpu/teacher.yaml), when its checkpoint is missing
     python bench/cifar100.py --ablation   CCM's CAM options on the same setting, chosen on validation:
                                           results/ablations/cifar100/
+    python bench/cifar100.py --shard I/N  one slice of that comparison (seed I of 3 with N = 3), archived beside the
+                                          others; the table is written once all N are (a comparison over sittings)
     python bench/cifar100.py --rebuild    rewrite the tables from the archived runs (no training)
 
 The data is ../shared/data/cifar100-jpeg.tar.gz (unpacked and decoded once into ~/.cache/kd/data by kd itself).
@@ -83,6 +85,29 @@ def comparison(recipe: str, out: Path, prefix: str) -> Path:
         if (run / "report" / name).exists():
             shutil.copy(run / "report" / name, out / name)
     return run
+
+
+def shard(spec: str) -> None:
+    """One slice of the comparison (`compare --shard I/N`: seed I of 3 when N is 3), archived beside the others; the
+    table is written once every shard of N is archived. Lets the comparison be run over several sittings."""
+    from kd.recipe import load_recipe, shard_numbers
+    from kd.report.write import write_report
+
+    index, count = shard_numbers(spec, "--shard")
+    name = load_recipe(STUDENTS).name
+    work = ROOT / "runs" / OUT.name
+    output = f"output_dir={os.path.relpath(work, ROOT)}"
+    seconds = kd("compare", STUDENTS, "--shard", spec, output)
+    run = newest(work, f"{name}-shard{index}of{count}")
+    for old in (OUT / "runs").glob(f"{name}-shard{index}of{count}-*"):
+        shutil.rmtree(old)  # an earlier run of the same shard
+    archive(run, OUT / "runs" / run.name, f"python run_kd.py compare {STUDENTS} --shard {spec} {output}", seconds)
+    done = sorted((OUT / "runs").glob(f"{name}-shard*of{count}-*"))
+    print(f"shard {index}/{count} archived in {OUT / 'runs' / run.name}; {len(done)} of {count} shards done")
+    if len(done) == count:
+        write_report(done, OUT, "python bench/cifar100.py --rebuild", pictures=False)
+        if (run / "report" / "cams.png").exists():
+            shutil.copy(run / "report" / "cams.png", OUT / "cams.png")
 
 
 def write_ablation_table() -> str:
@@ -190,6 +215,8 @@ def main() -> None:
     mode.add_argument("--teacher", action="store_true")
     mode.add_argument("--ablation", action="store_true")
     mode.add_argument("--rebuild", action="store_true")
+    mode.add_argument("--shard", metavar="I/N", help="train and archive one slice of the comparison (seed I when N "
+                                                     "is 3); the table is written when all N are archived")
     args = parser.parse_args()
     if args.measure:
         print(measure())
@@ -208,6 +235,9 @@ def main() -> None:
     start = time.perf_counter()
     teacher()
     if args.teacher:
+        return
+    if args.shard:
+        shard(args.shard)
         return
     if args.ablation:
         ABLATION_OUT.mkdir(parents=True, exist_ok=True)
