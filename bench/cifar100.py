@@ -9,7 +9,8 @@
     python bench/cifar100.py --ablation   CCM's CAM options on the same setting, chosen on validation:
                                           results/ablations/cifar100/
     python bench/cifar100.py --shard I/N  one slice of that comparison (seed I of 3 with N = 3), archived beside the
-                                          others; the table is written once all N are (a comparison over sittings)
+                                          others; the table is written once all N are (a comparison over sittings);
+                                          with --ablation, one slice of the ablation
     python bench/cifar100.py --rebuild    rewrite the tables from the archived runs (no training)
 
 The data is ../shared/data/cifar100-jpeg.tar.gz (unpacked and decoded once into ~/.cache/kd/data by kd itself).
@@ -87,27 +88,33 @@ def comparison(recipe: str, out: Path, prefix: str) -> Path:
     return run
 
 
-def shard(spec: str) -> None:
-    """One slice of the comparison (`compare --shard I/N`: seed I of 3 when N is 3), archived beside the others; the
-    table is written once every shard of N is archived. Lets the comparison be run over several sittings."""
+def shard(spec: str, recipe: str, out: Path, finish) -> None:
+    """One slice of a comparison (`compare --shard I/N`: seed I of 3 when N is 3), archived beside the others in
+    out/runs; `finish(archived runs, this run)` writes the table once every shard of N is archived. Lets a
+    comparison be run over several sittings."""
     from kd.recipe import load_recipe, shard_numbers
-    from kd.report.write import write_report
 
     index, count = shard_numbers(spec, "--shard")
-    name = load_recipe(STUDENTS).name
-    work = ROOT / "runs" / OUT.name
+    name = load_recipe(recipe).name
+    work = ROOT / "runs" / out.name
     output = f"output_dir={os.path.relpath(work, ROOT)}"
-    seconds = kd("compare", STUDENTS, "--shard", spec, output)
+    seconds = kd("compare", recipe, "--shard", spec, output)
     run = newest(work, f"{name}-shard{index}of{count}")
-    for old in (OUT / "runs").glob(f"{name}-shard{index}of{count}-*"):
+    for old in (out / "runs").glob(f"{name}-shard{index}of{count}-*"):
         shutil.rmtree(old)  # an earlier run of the same shard
-    archive(run, OUT / "runs" / run.name, f"python run_kd.py compare {STUDENTS} --shard {spec} {output}", seconds)
-    done = sorted((OUT / "runs").glob(f"{name}-shard*of{count}-*"))
-    print(f"shard {index}/{count} archived in {OUT / 'runs' / run.name}; {len(done)} of {count} shards done")
+    archive(run, out / "runs" / run.name, f"python run_kd.py compare {recipe} --shard {spec} {output}", seconds)
+    done = sorted((out / "runs").glob(f"{name}-shard*of{count}-*"))
+    print(f"shard {index}/{count} archived in {out / 'runs' / run.name}; {len(done)} of {count} shards done")
     if len(done) == count:
-        write_report(done, OUT, "python bench/cifar100.py --rebuild", pictures=False)
-        if (run / "report" / "cams.png").exists():
-            shutil.copy(run / "report" / "cams.png", OUT / "cams.png")
+        finish(done, run)
+
+
+def finish_comparison(runs: list[Path], last: Path) -> None:
+    from kd.report.write import write_report
+
+    write_report(runs, OUT, "python bench/cifar100.py --rebuild", pictures=False)
+    if (last / "report" / "cams.png").exists():  # the archives keep no checkpoints: the pictures of the last shard
+        shutil.copy(last / "report" / "cams.png", OUT / "cams.png")
 
 
 def write_ablation_table() -> str:
@@ -215,8 +222,9 @@ def main() -> None:
     mode.add_argument("--teacher", action="store_true")
     mode.add_argument("--ablation", action="store_true")
     mode.add_argument("--rebuild", action="store_true")
-    mode.add_argument("--shard", metavar="I/N", help="train and archive one slice of the comparison (seed I when N "
-                                                     "is 3); the table is written when all N are archived")
+    parser.add_argument("--shard", metavar="I/N", help="train and archive one slice of the comparison, or with "
+                                                       "--ablation of the ablation (seed I when N is 3); the table is "
+                                                       "written when all N are archived")
     args = parser.parse_args()
     if args.measure:
         print(measure())
@@ -236,8 +244,11 @@ def main() -> None:
     teacher()
     if args.teacher:
         return
+    if args.shard and args.ablation:
+        shard(args.shard, ABLATION, ABLATION_OUT, lambda runs, last: print(write_ablation_table()))
+        return
     if args.shard:
-        shard(args.shard)
+        shard(args.shard, STUDENTS, OUT, finish_comparison)
         return
     if args.ablation:
         ABLATION_OUT.mkdir(parents=True, exist_ok=True)
