@@ -1,5 +1,6 @@
 """Adding a method is one file and nothing else: a distiller registered from outside the package shows up in
 `list`, in `compare` with `methods: [all]`, and in `bench`, with no list of names edited anywhere."""
+import ast
 import csv
 import subprocess
 import sys
@@ -54,7 +55,7 @@ def test_a_method_added_in_one_outside_file_is_listed_compared_and_benched(tmp_p
                             "print(bench_recipe('quickstart', [sys.argv[1]]).methods)",
                             f"imports=[{tmp_path / 'half_kd.py'}]"], capture_output=True, text=True, timeout=300)
     assert probe.returncode == 0, probe.stderr[-3000:]
-    assert eval(probe.stdout) == DISTILLERS.names() + ["half_kd"]
+    assert ast.literal_eval(probe.stdout.strip()) == DISTILLERS.names() + ["half_kd"]
     bench = run_cli("bench", "quickstart", f"imports=[{tmp_path / 'half_kd.py'}]", "methods=[vanilla, kd, half_kd]",
                     "--steps", "1", "--rounds", "1", "--out", str(tmp_path / "bench"))
     assert bench.returncode == 0, bench.stderr[-3000:]

@@ -42,8 +42,8 @@ def write_atomic(path: str | Path, data, keep_previous: bool = False) -> None:
         tmp.unlink(missing_ok=True)
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise WriteFailed(f"no space left on the disk of {path} ({byte_size(len(data))} needed)",
-                           "the last good files are kept: free some space, then resume the run "
-                           "(run_kd.py --resume RUN_DIR)") from None
+                              "the last good files are kept: free some space, then resume the run "
+                              "(run_kd.py --resume RUN_DIR)") from None
         raise KDError(f"cannot write {path} ({err.strerror or err}); check that the folder is writable") from None
 
 
