@@ -8,6 +8,8 @@
     python bench/cifar100.py --teacher    only the teacher (recipes/cifar100-cpu/teacher.yaml), when its checkpoint is missing
     python bench/cifar100.py --ablation   CCM's CAM options on the same setting, chosen on validation:
                                           results/ablations/cifar100/
+    python bench/cifar100.py --sweep      CCM's (and CCM+KD's) cam_weight above the ablation's grid, chosen on
+                                          validation: results/ablations/cifar100-sweep/
     python bench/cifar100.py --shard I/N  one slice of that comparison (seed I of 3 with N = 3), archived beside the
                                           others; the table is written once all N are (a comparison over sittings);
                                           with --ablation, one slice of the ablation
@@ -35,6 +37,8 @@ ABLATION = "recipes/cifar100-cpu/ablation.yaml"
 TEACHER = "recipes/cifar100-cpu/teacher.yaml"
 OUT = ROOT / "results" / "cifar100"
 ABLATION_OUT = ROOT / "results" / "ablations" / "cifar100"
+SWEEP = "recipes/cifar100-cpu/sweep.yaml"
+SWEEP_OUT = ROOT / "results" / "ablations" / "cifar100-sweep"
 
 
 def kd(*args: str) -> float:
@@ -139,6 +143,47 @@ def write_ablation_table() -> str:
     return text
 
 
+def chosen(table) -> str | None:
+    """The sweep's rule: the variant with the highest mean validation top-1 among those whose interval against
+    the default lies above 0, or None (the default stays)."""
+    better = table[(table["val_excludes_zero"] == True) & (table["val_diff_mean"] > 0)]  # noqa: E712
+    return None if better.empty else str(better.loc[better["val_top1_mean"].idxmax(), "method"])
+
+
+def write_sweep_tables() -> str:
+    """Per method of the sweep (ccm, ccm_kd): its variants against its default, then, when one is chosen, every
+    variant against the chosen one (so that how far ahead it is can be read). Each table also goes to a csv,
+    selection-<method>-vs-<reference>.csv, which a test rebuilds from the archived runs."""
+    from kd.report.tables import load_metrics, selection_markdown, selection_table
+
+    metrics = load_metrics(sorted((SWEEP_OUT / "runs").iterdir()))
+    for old in SWEEP_OUT.glob("selection-*.csv"):
+        old.unlink()
+    lines = ["# CCM's cam_weight above the ablation's grid, on CIFAR-100 (CPU setting), chosen on validation", "",
+             f"Made by `python bench/cifar100.py --sweep` (tables rebuilt from the archived runs in runs/ by "
+             f"`python bench/cifar100.py --rebuild`). Recipe: {SWEEP}. Δ val = last-epoch validation top-1 minus "
+             "the reference's, paired by seed, mean and 95 % t interval over 3 seeds. The rule, fixed before "
+             "running (and written in the recipe): a method's new default is the variant with the highest mean "
+             "validation top-1 among those whose interval against the current default lies above 0; if none "
+             "does, the default stays. Test accuracy is shown and never used to choose."]
+    for method in dict.fromkeys(m.split("@")[0] for m in metrics["method"]):
+        family = metrics[metrics["method"].str.split("@").str[0] == method]
+        table = selection_table(family, method)
+        table.to_csv(SWEEP_OUT / f"selection-{method}-vs-{method}.csv", index=False)
+        pick = chosen(table)
+        lines += ["", f"## {method}: each variant against the default (cam_weight 10)", "",
+                  selection_markdown(table, method), "",
+                  f"Verdict: {'the default stays' if pick is None else pick + ' is chosen'}."]
+        if pick is not None:
+            against = selection_table(family, pick)
+            against.to_csv(SWEEP_OUT / f"selection-{method}-vs-{pick}.csv", index=False)
+            lines += ["", f"### {method}: each variant against the chosen {pick}", "",
+                      selection_markdown(against, pick)]
+    text = "\n".join(lines)
+    (SWEEP_OUT / "selection.md").write_text(text + "\n")
+    return text
+
+
 def measure() -> str:
     """Time the first steps of an epoch: the teacher training alone, and all students of a seed side by side."""
     import statistics
@@ -209,7 +254,8 @@ def measure() -> str:
             steps = per_class * data.num_classes // recipe.batch_size
             students = 3 * epochs * (steps * group_step + len(trainees) * eval_s) / 60
             lines.append(f"| {per_class} | {epochs} | {teacher_min:.0f} | {students:.0f} | {teacher_min + students:.0f} |")
-    lines += ["", f"(this recipe: {per_class_train} images per class, {recipe.epochs} epochs)"]
+    lines += ["", f"(students.yaml when this was measured: {per_class_train} images per class, "
+              f"{recipe.epochs} epochs; the size chosen is whatever students.yaml says now)"]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "sizing.md").write_text("\n".join(lines) + "\n")
     return "\n".join(lines)
@@ -221,6 +267,7 @@ def main() -> None:
     mode.add_argument("--measure", action="store_true")
     mode.add_argument("--teacher", action="store_true")
     mode.add_argument("--ablation", action="store_true")
+    mode.add_argument("--sweep", action="store_true")
     mode.add_argument("--rebuild", action="store_true")
     parser.add_argument("--shard", metavar="I/N", help="train and archive one slice of the comparison, or with "
                                                        "--ablation of the ablation (seed I when N is 3); the table is "
@@ -232,12 +279,14 @@ def main() -> None:
     if args.rebuild:
         from kd.report.write import write_report
 
-        for out in (OUT, ABLATION_OUT):
+        for out in (OUT, ABLATION_OUT, SWEEP_OUT):
             if (out / "runs").is_dir():
                 write_report(sorted((out / "runs").iterdir()), out, "python bench/cifar100.py --rebuild",
                              pictures=False)
         if (ABLATION_OUT / "runs").is_dir():
             print(write_ablation_table())
+        if (SWEEP_OUT / "runs").is_dir():
+            print(write_sweep_tables())
         return
     OUT.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -249,6 +298,11 @@ def main() -> None:
         return
     if args.shard:
         shard(args.shard, STUDENTS, OUT, finish_comparison)
+        return
+    if args.sweep:
+        SWEEP_OUT.mkdir(parents=True, exist_ok=True)
+        comparison(SWEEP, SWEEP_OUT, "cifar100-cpu-sweep-cam-weight")
+        print(write_sweep_tables())
         return
     if args.ablation:
         ABLATION_OUT.mkdir(parents=True, exist_ok=True)

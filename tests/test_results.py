@@ -64,6 +64,21 @@ def test_the_cifar100_ablation_selection_is_rebuilt_from_its_archived_runs():
     same_table(rebuilt, pd.read_csv(folder / "selection.csv"))
 
 
+def test_the_cifar100_cam_weight_sweep_is_rebuilt_from_its_archived_runs():
+    """Each selection-<method>-vs-<reference>.csv: the method's variants against the reference, from the runs."""
+    from kd.report.tables import load_metrics, selection_table
+
+    folder = RESULTS / "ablations" / "cifar100-sweep"
+    tables = sorted(folder.glob("selection-*-vs-*.csv"))
+    if not tables:
+        pytest.skip("the CIFAR-100 cam_weight sweep has not been committed")
+    metrics = load_metrics(sorted((folder / "runs").iterdir()))
+    for table in tables:
+        method, reference = table.stem.removeprefix("selection-").split("-vs-")
+        family = metrics[metrics["method"].str.split("@").str[0] == method]
+        same_table(selection_table(family, reference), pd.read_csv(table))
+
+
 def test_every_readme_figure_comes_from_a_committed_table():
     """The README quotes its tables' numbers: each 'xx.xx ± y.yy' it states appears in some committed table."""
     import re
