@@ -126,7 +126,7 @@ def fake_teacher(size, channels=8, classes=10, n=4):
 def test_defaults_are_the_ablation_results():
     from kd.distillers.ccm_kd import CCMKDOptions
 
-    assert (DISTILLERS.get("ccm").Options().normalise, DISTILLERS.get("ccm").Options().cam_weight) == ("l2", 10.0)
+    assert (DISTILLERS.get("ccm").Options().normalise, DISTILLERS.get("ccm").Options().cam_weight) == ("l2", 50.0)
     assert (CCMKDOptions().normalise, CCMKDOptions().cam_weight) == ("l2", 10.0)
     assert (DISTILLERS.get("cam_loss").Options().normalise, DISTILLERS.get("cam_loss").Options().cam_weight) == ("minmax", 0.05)
     options = CCMKDOptions()
