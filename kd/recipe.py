@@ -54,7 +54,7 @@ class Recipe:
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = field(default="default", metadata={"help": "torch.compile mode; reduce-overhead uses CUDA graphs (small batches on fast GPUs)"})
     deterministic: bool = field(default=False, metadata={"help": "deterministic algorithms (slower)"})
     sync_bn: bool = field(default=False, metadata={"help": "under torchrun: batch-norm statistics over all processes (GPUs only)"})
-    teacher_fold_bn: bool = field(default=False, metadata={"help": "run the teacher's passes with each BatchNorm folded into the convolution before it (the same function in eval mode, fewer kernels; checked on a probe batch and left unfolded, with a warning, where the copy does not reproduce the teacher); not with compile, whose freezing folds them itself"})
+    teacher_fold_bn: bool = field(default=True, metadata={"help": "run the teacher's passes with each BatchNorm folded into the convolution before it (the same function in eval mode, fewer kernels; checked on a probe batch and left unfolded, with a warning, where the copy does not reproduce the teacher); not with compile, whose freezing folds them itself"})
     shared_teacher: bool = field(default=True, metadata={"help": "train all students of a seed side by side, one teacher pass per batch"})
     resume: str | None = field(default=None, metadata={"help": "a run directory of this recipe to continue from its last checkpoints"})
     output_dir: str = field(default="runs", metadata={"help": "where run directories are made"})

@@ -48,8 +48,8 @@ def bench_pair(recipe, steps: int = 10, rounds: int = 5, warmup: int = 3, consol
     methods = recipe.methods
     hw = resolve_hardware(recipe.device, recipe.precision, recipe.channels_last, recipe.deterministic)
     spec = data_spec(recipe.dataset, recipe.data_options(), recipe.data_root)
-    train_size = 50_000  # per-image state (CRD's memory banks) sized as for CIFAR
-    spec = replace(spec, train_size=train_size)
+    train_size = 50_000  # per-image state (CRD's memory banks and its negatives by class) sized as for CIFAR
+    spec = replace(spec, train_size=train_size, train_labels=torch.arange(train_size) % spec.num_classes)
     num_classes, size = spec.num_classes, spec.image_size
     torch.manual_seed(0)
     teacher = create_model(recipe.teacher, num_classes).to(hw.device, memory_format=hw.memory_format)

@@ -24,7 +24,8 @@ def one_step(name, student_arch="resnet8", teacher_arch="resnet14"):
     teacher = create_model(teacher_arch, 10).eval()
     student = create_model(student_arch, 10)
     cls = DISTILLERS.get(name)
-    distiller = cls(student, teacher, cls.Options(), DataSpec(10, (32, 32), train_size=16))
+    distiller = cls(student, teacher, cls.Options(), DataSpec(10, (32, 32), train_size=16,
+                                                            train_labels=torch.arange(16) % 10))
     images, targets = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     t_out = teacher.forward_features(images) if cls.needs_teacher else None
     calls = []

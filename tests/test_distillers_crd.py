@@ -23,7 +23,8 @@ def make(seed=0, train_size=TRAIN_SIZE, **options):
     t = create_model("resnet14", 10).eval().requires_grad_(False)
     s = create_model("resnet8", 10)
     cls = DISTILLERS.get("crd")
-    return cls(s, t, cls.Options(**options), DataSpec(10, (32, 32), train_size)), t
+    labels = torch.arange(train_size) % 10  # what a loaded data set declares; the default negatives read them
+    return cls(s, t, cls.Options(**options), DataSpec(10, (32, 32), train_size, labels)), t
 
 
 def batch(teacher, n=4, seed=1, train_size=TRAIN_SIZE):
@@ -122,7 +123,7 @@ def test_negatives_are_uniform_over_the_other_images_and_the_positive_is_first()
 
 @pytest.mark.parametrize("momentum", [0.5, 0.2])
 def test_forward_loss_z_and_bank_update_match_hand_computation(monkeypatch, momentum):
-    distiller, teacher = make(nce_k=5, nce_m=momentum)
+    distiller, teacher = make(nce_k=5, nce_m=momentum, negatives="any")  # draws patched below
     distiller.eval()  # BN in eval: the features read below are the ones forward saw
     images, targets, t_out, index = batch(teacher, n=3)
     g = torch.Generator().manual_seed(7)
@@ -269,7 +270,7 @@ class NoPrePool(nn.Module):
 def test_models_without_pre_pool_and_unknown_train_size_are_refused():
     cls = DISTILLERS.get("crd")
     student, teacher = create_model("resnet8", 10), create_model("resnet14", 10)
-    spec = DataSpec(10, (32, 32), TRAIN_SIZE)
+    spec = DataSpec(10, (32, 32), TRAIN_SIZE, torch.arange(TRAIN_SIZE) % 10)
     cls.check_models(student, teacher, cls.Options(), spec)  # the zoo pair is fine
     with pytest.raises(KDError, match=r"teacher 'timm:tokens_only' exposes no pre-pool map"):
         cls.check_models(student, NoPrePool(), cls.Options(), spec)
@@ -335,19 +336,20 @@ def test_other_class_negatives_never_share_the_anchors_class_and_reach_every_oth
 
 
 def test_other_class_negatives_need_the_training_labels_and_train():
-    with pytest.raises(KDError, match="crd.negatives other_classes .*declared no labels"):
-        make(negatives="other_classes")
-    torch.manual_seed(0)
-    labels = torch.arange(TRAIN_SIZE) % 10
     cls = DISTILLERS.get("crd")
     t = create_model("resnet14", 10).eval().requires_grad_(False)
+    with pytest.raises(KDError, match="crd.negatives other_classes .*declared no labels"):
+        cls(create_model("resnet8", 10), t, cls.Options(), DataSpec(10, (32, 32), TRAIN_SIZE))  # the default mode
+    cls(create_model("resnet8", 10), t, cls.Options(negatives="any"), DataSpec(10, (32, 32), TRAIN_SIZE))  # needs none
+    torch.manual_seed(0)
+    labels = torch.arange(TRAIN_SIZE) % 10
     distiller = cls(create_model("resnet8", 10), t, cls.Options(negatives="other_classes", nce_k=32),
                     DataSpec(10, (32, 32), TRAIN_SIZE, labels))
     assert "by_class" not in distiller.state_dict() and "class_start" not in distiller.state_dict()  # derived
     images, _, t_out, index = batch(t)
     _, losses = distiller(images, labels[index], t_out, index=index)
     assert torch.isfinite(losses["crd"]) and losses["crd"].item() > 0
-    assert DISTILLERS.get("crd").Options().negatives == "any"  # the default draws from every other image
+    assert DISTILLERS.get("crd").Options().negatives == "other_classes"  # the reference's mode is the default
 
 
 def _two_rank_banks(rank, store, out):

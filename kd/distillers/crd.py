@@ -35,14 +35,14 @@ also used by mdistiller; ../shared/fixtures/README.md lists them):
   mean(exp(<m, v> / nce_t)) * N over that batch's samples, and kept fixed; it is the buffer nce_z (-1:
   not yet estimated), so a resumed run uses the same constants.
 - Negatives: the reference's default CIFAR-100 setting (mode "exact") has its data set hand each image K
-  indices drawn without replacement from the images of the OTHER classes. `negatives: any` (the default, the
-  one kd's committed results used) does what the reference's memory module does when it is given no sample
-  lists: draw uniformly over the whole set with replacement (from torch's global RNG, which checkpoints save),
-  with the image itself in slot 0; unlike that fallback, the image itself is never drawn as one of its own
-  negatives (drawn from the other N - 1), and images of the same class can be (about 1/num_classes of them).
-  `negatives: other_classes` draws, with replacement, only among the images of the other classes, read from
-  the training labels the data set declares (DataSpec.train_labels): the reference's mode but for
-  replacement (at K = 16,384 of 49,500 images a draw without replacement would cost a permutation per image).
+  indices drawn without replacement from the images of the OTHER classes. `negatives: other_classes` (the
+  default) draws, with replacement, only among the images of the other classes, read from the training labels
+  the data set declares (DataSpec.train_labels): the reference's mode but for replacement (at K = 16,384 of
+  49,500 images a draw without replacement would cost a permutation per image). `negatives: any` does what the
+  reference's memory module does when it is given no sample lists: draw uniformly over the whole set with
+  replacement, with the image itself in slot 0; unlike that fallback, the image itself is never drawn as one
+  of its own negatives (drawn from the other N - 1), and images of the same class can be (about 1/num_classes
+  of them). Both draw from torch's global RNG, which checkpoints save.
 - Cost: the reference gathers the B x (K+1) sampled rows of each bank (about 1 M rows of 128 floats at
   batch 64) and multiplies them with the anchors. When that gather moves more floats than reading the
   whole bank once and scoring the batch against every row (N x (D + B) against B x (K+1) x D), the
@@ -152,10 +152,16 @@ class CRDOptions(BaseOptions):
     nce_k: int = field(default=16384, metadata={"min": 1, "help": "negatives drawn per image"})
     nce_t: float = field(default=0.07, metadata={"gt": 0, "help": "NCE temperature"})
     nce_m: float = field(default=0.5, metadata={"min": 0, "max": 1, "help": "momentum of the memory-bank update"})
-    negatives: Literal["any", "other_classes"] = field(default="any", metadata={"help": "any: uniform over every other training image; other_classes: uniform over the images of the other classes (the reference's CIFAR-100 mode, which draws them without replacement); both with replacement"})
+    negatives: Literal["any", "other_classes"] = field(default="other_classes", metadata={"help": "other_classes: uniform over the images of the other classes (the reference's CIFAR-100 mode, which draws them without replacement); any: uniform over every other training image; both with replacement"})
 
 
 def check_data(data, options=None) -> None:
+    if data.train_size is None:
+        raise KDError("crd keeps one memory-bank row per training image, but the data set declared no training-set "
+                      "size (DataSpec.train_size is None); build the distiller with the loaded data set's spec")
+    if data.train_size < 2:
+        raise KDError(f"crd draws negatives among the other training images, but the training set has "
+                      f"{data.train_size} image(s); use at least 2")
     if options is not None and options.negatives == "other_classes":
         if data.train_labels is None:
             raise KDError("crd.negatives other_classes draws negatives by class, but the data set declared no labels "
@@ -163,12 +169,6 @@ def check_data(data, options=None) -> None:
                           "set's spec, or use crd.negatives: any")
         if len(torch.unique(data.train_labels)) < 2:
             raise KDError("crd.negatives other_classes needs images of at least two classes in the training set")
-    if data.train_size is None:
-        raise KDError("crd keeps one memory-bank row per training image, but the data set declared no training-set "
-                      "size (DataSpec.train_size is None); build the distiller with the loaded data set's spec")
-    if data.train_size < 2:
-        raise KDError(f"crd draws negatives among the other training images, but the training set has "
-                      f"{data.train_size} image(s); use at least 2")
 
 
 def forget_z(module: "CRD", incompatible_keys) -> None:
