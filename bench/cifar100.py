@@ -127,7 +127,7 @@ def write_ablation_table() -> str:
     runs = sorted((ABLATION_OUT / "runs").iterdir())
     table = selection_table(load_metrics(runs), "ccm")
     table.to_csv(ABLATION_OUT / "selection.csv", index=False)
-    better = table[(table["val_excludes_zero"] == True) & (table["val_diff_mean"] > 0)]  # noqa: E712
+    better = above_default(table)
     verdict = ("no variant beats the default on validation (every interval that excludes 0 is below it, or "
                "includes 0): the default stays" if better.empty else
                f"on validation, {', '.join(better['method'])} beat(s) the default with an interval above 0")
@@ -143,10 +143,15 @@ def write_ablation_table() -> str:
     return text
 
 
+def above_default(table):
+    """The rows of a selection table whose validation interval against the reference lies above 0."""
+    return table[(table["val_excludes_zero"] == True) & (table["val_diff_mean"] > 0)]  # noqa: E712
+
+
 def chosen(table) -> str | None:
     """The sweep's rule: the variant with the highest mean validation top-1 among those whose interval against
     the default lies above 0, or None (the default stays)."""
-    better = table[(table["val_excludes_zero"] == True) & (table["val_diff_mean"] > 0)]  # noqa: E712
+    better = above_default(table)
     return None if better.empty else str(better.loc[better["val_top1_mean"].idxmax(), "method"])
 
 
