@@ -77,3 +77,22 @@ def test_method_table_convergence_gain_and_auc():
     assert table.loc["fast", ["epochs_to_90pct", "epochs_to_95pct", "epochs_to_100pct"]].tolist() == [2, 2, 3]
     assert table.loc["vanilla", ["epochs_to_90pct", "epochs_to_100pct"]].tolist() == [3, 3]
     assert table.loc["fast", "auc_top1"] == pytest.approx((35 + 47.5 + 60) / 3)
+
+
+def test_against_table_pairs_every_method_with_the_reference_by_run_and_seed():
+    from kd.report.tables import against_table
+
+    # ccm's seeds: 10, 20, 30 (test) / 11, 21, 31 (val); 'up' is 2, 4, 6 above on test and 1, 1, 1 on val
+    rows = []
+    for method, test, val in (("ccm", [10, 20, 30], [11, 21, 31]), ("up", [12, 24, 36], [12, 22, 32])):
+        for seed in range(3):
+            rows.append({"run": f"shard{seed}", "method": method, "seed": seed, "epoch": 1,
+                         "test_top1": float(test[seed]), "val_top1": float(val[seed])})
+    table = against_table(pd.DataFrame(rows), "ccm").set_index("method")
+    assert list(table.index) == ["up"]
+    assert table.loc["up", "test_diff_mean"] == pytest.approx(4) and table.loc["up", "test_diff_n"] == 3
+    half = 4.303 * 2 / 3 ** 0.5  # t(0.975, 2) x std of the differences (2) / sqrt(3)
+    assert table.loc["up", "test_diff_low"] == pytest.approx(4 - half, abs=1e-3)
+    assert not table.loc["up", "test_excludes_zero"]  # 4 +- 4.97: a tie
+    # identical differences on val: a zero-width interval above 0
+    assert table.loc["up", "val_diff_mean"] == pytest.approx(1) and table.loc["up", "val_excludes_zero"]

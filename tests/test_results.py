@@ -79,6 +79,16 @@ def test_the_cifar100_cam_weight_sweep_is_rebuilt_from_its_archived_runs():
         same_table(selection_table(family, reference), pd.read_csv(table))
 
 
+def test_the_cifar100_table_against_ccm_is_rebuilt_from_its_archived_runs():
+    from kd.report.tables import against_table, load_metrics
+
+    folder = RESULTS / "cifar100"
+    if not (folder / "ccm-vs-every-method.csv").is_file():
+        pytest.skip("the CIFAR-100 comparison has not been committed")
+    rebuilt = against_table(load_metrics(sorted((folder / "runs").iterdir())), "ccm")
+    same_table(rebuilt, pd.read_csv(folder / "ccm-vs-every-method.csv"))
+
+
 def test_every_readme_figure_comes_from_a_committed_table():
     """The README quotes its tables' numbers: each 'xx.xx ± y.yy' it states appears in some committed table."""
     import re

@@ -109,11 +109,11 @@ def per_seed(last: pd.DataFrame, method: str, column: str = "test_top1") -> dict
     return {(r, s): v for r, s, v in zip(own["run"], own["seed"], own[column])}
 
 
-def paired_to(last: pd.DataFrame, method: str, reference: str) -> dict:
-    """The paired difference of `method` minus `reference` in last-epoch test top-1 over shared seeds: students
-    of the same run and seed first; then, among the students left unpaired (a seed whose students went to
-    different shards), by seed alone where each side has exactly one student of that seed."""
-    a, b = per_seed(last, method), per_seed(last, reference)
+def paired_to(last: pd.DataFrame, method: str, reference: str, column: str = "test_top1") -> dict:
+    """The paired difference of `method` minus `reference` in a last-epoch column (test top-1) over shared seeds:
+    students of the same run and seed first; then, among the students left unpaired (a seed whose students went
+    to different shards), by seed alone where each side has exactly one student of that seed."""
+    a, b = per_seed(last, method, column), per_seed(last, reference, column)
     shared = set(a) & set(b)
     pairs_a, pairs_b = {k: a[k] for k in shared}, {k: b[k] for k in shared}
     rest_a, rest_b = by_seed(a, shared), by_seed(b, shared)
@@ -292,4 +292,34 @@ def selection_markdown(table: pd.DataFrame, reference: str) -> str:
     display["excludes 0"] = [plain_answer(d) for d in diffs]
     display["test top-1 (reported, not used to choose)"] = [f"{m:.2f} ± {s:.2f}" for m, s in
                                                             zip(table["test_top1_mean"], table["test_top1_std"])]
+    return to_markdown(display)
+
+
+def against_table(metrics: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Every method against one reference (CCM, say): the paired differences of last-epoch test top-1 and, where
+    the runs have a validation split, of validation top-1, with 95 % intervals. Says where each method stands
+    against the reference directly, rather than through two intervals against a third method."""
+    last = metrics.loc[metrics.groupby(["run", "method", "seed"])["epoch"].idxmax()]
+    splits = ["test"] + (["val"] if "val_top1" in metrics and metrics["val_top1"].notna().any() else [])
+    rows = []
+    for method in [m for m in dict.fromkeys(metrics["method"]) if m != reference]:
+        own = last[last["method"] == method]
+        row = {"method": method, "seeds": len(own), "test_top1_mean": own["test_top1"].mean(),
+               "test_top1_std": own["test_top1"].std(ddof=1) if len(own) > 1 else 0.0}
+        for split in splits:
+            d = paired_to(last, method, reference, f"{split}_top1")
+            row.update({f"{split}_diff_{key}": d[key] for key in ("mean", "low", "high", "n")})
+            row[f"{split}_excludes_zero"] = d["excludes_zero"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def against_markdown(table: pd.DataFrame, reference: str) -> str:
+    display = pd.DataFrame({"method": table["method"], "seeds": table["seeds"].astype(str)})
+    display["test top-1"] = [f"{m:.2f} ± {s:.2f}" for m, s in zip(table["test_top1_mean"], table["test_top1_std"])]
+    for split in [s for s in ("test", "val") if f"{s}_diff_n" in table]:
+        diffs = [{"n": int(n), "mean": m, "low": lo, "high": hi, "excludes_zero": ex} for n, m, lo, hi, ex in
+                 zip(*(table[f"{split}_{k}"] for k in ("diff_n", "diff_mean", "diff_low", "diff_high", "excludes_zero")))]
+        display[f"Δ {split} vs {reference} [95% CI]"] = [describe_difference(d) for d in diffs]
+        display[f"excludes 0 ({split})"] = [plain_answer(d) for d in diffs]
     return to_markdown(display)
