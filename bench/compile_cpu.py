@@ -2,7 +2,9 @@
 """Does `compile: true` pay off on this CPU? Compile time against the time it saves, per pair:
 results/bench/compile-cpu.md.
 
-    python bench/compile_cpu.py [PAIR ...]      (default: quickstart and the three standard CIFAR-100 pairs)
+    python bench/compile_cpu.py [PAIR ...]            (default: quickstart and the three standard CIFAR-100 pairs)
+    python bench/compile_cpu.py --teacher [PAIR ...]  the teacher's passes alone (compile_teacher):
+                                                      results/bench/compile-teacher-cpu.md
 
 For each pair and each of compile=false / compile=true, a fresh process (with an empty inductor cache, as on a
 new machine) builds the pair's teacher and a KD student with the recipe defaults and times, on one random
@@ -11,6 +13,11 @@ first and a later evaluation forward (eval mode is a second graph). The one-off 
 first calls take beyond the steady step time; the break-even is that cost divided by what a compiled step
 saves. A run shorter than the break-even is faster eager. `compile` becomes a recipe default only for pairs
 whose compiled step is at least MIN_SPEEDUP times as fast and whose realistic runs are longer than the break-even.
+
+--teacher: in a fresh process per pair (empty inductor cache), the teacher's pass as a run makes it (BatchNorm
+folded, eager) against the same pass compiled with frozen weights (compile_teacher), timed in interleaved rounds
+in one process, so that the two see the same machine; the first compiled call is the one-off. Its break-even
+must lie far below kd.run.COMPILE_TEACHER_MIN_PASSES, the threshold of compile_teacher's auto.
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "results" / "bench" / "compile-cpu.md"
+TEACHER_OUT = ROOT / "results" / "bench" / "compile-teacher-cpu.md"
 PAIRS = ["quickstart", "resnet56-resnet20", "resnet32x4-resnet8x4", "wrn_40_2-wrn_16_2"]
 RECIPES = {"quickstart": "recipes/quickstart.yaml"}  # otherwise recipes/cifar100/<pair>/students.yaml
 STEPS = 40
@@ -46,7 +54,7 @@ def kd_step(pair: str, overrides: list[str] = ()):
     from kd.run import build_trainee, compiled
 
     recipe = load_recipe(RECIPES.get(pair, f"recipes/cifar100/{pair}/students.yaml"),
-                         ["methods=[kd]", "batch_size=64", *overrides])
+                         ["methods=[kd]", "batch_size=64", "compile_teacher=false", *overrides])
     hw = resolve_hardware(recipe.device, recipe.precision, recipe.channels_last, recipe.deterministic)
     spec = data_spec(recipe.dataset, recipe.data_options(), recipe.data_root)
     torch.manual_seed(0)
@@ -86,12 +94,72 @@ def measure(pair: str, compile_: bool) -> dict:
             "recipe_steps": recipe.epochs * -(-train_size // recipe.batch_size), "epochs": recipe.epochs}
 
 
-def child(pair: str, compile_: bool) -> dict:
+def measure_teacher(pair: str, rounds: int = 8, calls: int = 15) -> dict:
+    """In this process: the eager (folded) teacher pass and the compiled one, interleaved; the compile's one-off."""
+    import copy
+
+    from kd.engine.trainer import teacher_pass
+    from kd.run import compiled, teacher_for_passes
+
+    recipe, hw, spec, teacher, _, images, _ = kd_step(pair)
+    eager = teacher_for_passes(teacher, recipe, spec, hw)
+    frozen = compiled(copy.deepcopy(eager), "default", frozen=True)
+
+    def timed(module, n):
+        start = time.perf_counter()
+        for _ in range(n):
+            teacher_pass(module, images, hw)
+        return (time.perf_counter() - start) / n
+
+    first = timed(frozen, 1)
+    timed(eager, 10), timed(frozen, 10)
+    times = {"eager": [], "compiled": []}
+    for _ in range(rounds):
+        times["eager"].append(timed(eager, calls))
+        times["compiled"].append(timed(frozen, calls))
+    return {"first": first, **{k: statistics.median(v) for k, v in times.items()}, "hardware": hw.describe(),
+            "folded": eager is not teacher}
+
+
+def child(pair: str, compile_: bool | str) -> dict:
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "TORCHINDUCTOR_CACHE_DIR": cache}
-        done = subprocess.run([sys.executable, __file__, "--child", pair, str(int(compile_))], env=env, cwd=ROOT,
+        mode = "teacher" if compile_ == "teacher" else str(int(compile_))
+        done = subprocess.run([sys.executable, __file__, "--child", pair, mode], env=env, cwd=ROOT,
                               check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main_teacher(pairs: list[str]) -> None:
+    import torch
+
+    from kd.run import COMPILE_TEACHER_MIN_PASSES
+
+    lines = ["# The teacher's passes compiled (compile_teacher) on the CPU", "",
+             f"Made by `python bench/compile_cpu.py --teacher` on {time.strftime('%Y-%m-%d')}: {os.cpu_count()} CPU "
+             f"cores, torch {torch.__version__}. One teacher pass (kd.engine.trainer.teacher_pass), batch 64, random "
+             "data: eager with its BatchNorm layers folded (the default) against the same module compiled with frozen "
+             "weights, median of 8 interleaved rounds of 15 passes in one process; one-off = the first compiled "
+             "call, in a fresh process with an empty inductor cache; break-even = one-off / saving per pass.", "",
+             "| pair | precision | eager pass (ms) | compiled pass (ms) | saved per pass (ms) | speed-up | "
+             "one-off (s) | break-even (passes) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    evens = []
+    for pair in pairs:
+        r = child(pair, "teacher")
+        saving = r["eager"] - r["compiled"]
+        even = r["first"] / saving if saving > 0 else float("inf")
+        evens.append(even)
+        lines.append(f"| {pair} | {r['hardware']} | {1000 * r['eager']:.1f} | {1000 * r['compiled']:.1f} | "
+                     f"{1000 * saving:.1f} | {r['eager'] / r['compiled']:.2f}x | {r['first']:.0f} | "
+                     f"{'never' if even == float('inf') else f'{even:,.0f}'} |")
+        print(lines[-1], flush=True)
+    worst = max(evens)
+    lines += ["", f"compile_teacher's auto compiles the teacher's passes on the CPU for runs of at least "
+              f"{COMPILE_TEACHER_MIN_PASSES:,} passes (kd.run.COMPILE_TEACHER_MIN_PASSES): "
+              + (f"{COMPILE_TEACHER_MIN_PASSES / worst:.1f}x the largest break-even above." if worst < float("inf")
+                 else "but a pair above never breaks even, so the threshold needs another look.")]
+    TEACHER_OUT.write_text("\n".join(lines) + "\n")
+    print(TEACHER_OUT.read_text())
 
 
 def one_off(result: dict) -> tuple[float, float]:
@@ -140,6 +208,9 @@ def main(pairs: list[str]) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
-        print(json.dumps(measure(sys.argv[2], bool(int(sys.argv[3])))))
+        pair, mode = sys.argv[2], sys.argv[3]
+        print(json.dumps(measure_teacher(pair) if mode == "teacher" else measure(pair, bool(int(mode)))))
+    elif sys.argv[1:2] == ["--teacher"]:
+        main_teacher(sys.argv[2:] or PAIRS)
     else:
         main(sys.argv[1:] or PAIRS)

@@ -48,9 +48,10 @@ class Recipe:
     gamma: float = field(default=0.1, metadata={"gt": 0, "max": 1, "help": "multistep decay factor"})
     warmup_epochs: int = field(default=0, metadata={"min": 0, "max": 100_000, "help": "linear learning-rate warm-up epochs"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA when present, else CPU), cpu, cuda, cuda:N"})
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata={"help": "auto: bf16 autocast on GPUs that support it, fp32 on the CPU"})
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata={"help": "auto: bf16 autocast on GPUs that support it and on CPUs with AMX or AVX512-BF16 (detected), fp32 elsewhere"})
     channels_last: bool | None = field(default=None, metadata={"help": "channels_last memory format; null (auto): on, the faster layout on GPUs and on the CPU"})
     compile: bool = field(default=False, metadata={"help": "torch.compile student and teacher"})
+    compile_teacher: bool | None = field(default=None, metadata={"help": "torch.compile the teacher's passes (not the student), with inductor's freezing: its weights as constants, pre-packed; null (auto): on the CPU for runs of at least 20,000 teacher passes (epochs x batches x seeds), where the compile's one-off cost is repaid many times (results/bench/compile-teacher-cpu.md); compile: true compiles the teacher in any case"})
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = field(default="default", metadata={"help": "torch.compile mode; reduce-overhead uses CUDA graphs (small batches on fast GPUs)"})
     deterministic: bool = field(default=False, metadata={"help": "deterministic algorithms (slower)"})
     sync_bn: bool = field(default=False, metadata={"help": "under torchrun: batch-norm statistics over all processes (GPUs only)"})
@@ -101,10 +102,10 @@ class Recipe:
         """The (method, seed) students this recipe trains, seed-major: all of them, or its shard's slice.
 
         Shard I of N takes the I-th of N contiguous slices of that list, cut where the summed step costs of the
-        students (each distiller's `step_cost`: a KD step is 1, the student alone about 0.5, CRD or ReviewKD about
-        2) come closest to I/N of the total, so that the shards take about equal time. Contiguous slices keep the
-        students of a seed together, so that they share one teacher pass per batch (a seed split over k shards
-        costs k teacher passes)."""
+        students (each distiller's `step_cost`: a KD step is 1, the student alone about 0.5, CRD about 1.7,
+        ReviewKD about 2.5) come closest to I/N of the total, so that the shards take about equal time.
+        Contiguous slices keep the students of a seed together, so that they share one teacher pass per batch (a
+        seed split over k shards costs k teacher passes)."""
         grid = [(method, seed) for seed in self.seeds for method in self.methods]
         if self.shard is None:
             return grid

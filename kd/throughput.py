@@ -43,7 +43,7 @@ def bench_pair(recipe, steps: int = 10, rounds: int = 5, warmup: int = 3, consol
     from kd.data import data_spec
     from kd.engine.device import resolve_hardware
     from kd.engine.rundir import RunDir
-    from kd.run import build_trainee, compiled, teacher_for_passes
+    from kd.run import build_trainee, compile_teacher_passes, compiled, teacher_for_passes
 
     methods = recipe.methods
     hw = resolve_hardware(recipe.device, recipe.precision, recipe.channels_last, recipe.deterministic)
@@ -64,11 +64,14 @@ def bench_pair(recipe, steps: int = 10, rounds: int = 5, warmup: int = 3, consol
                                           recipe.method_options(method), spec)
     with tempfile.TemporaryDirectory() as scratch:
         members = {m: build_trainee(recipe, m, 0, teacher, spec, hw, RunDir(scratch)) for m in methods}
+    eager_teacher = teacher
     teacher = teacher_for_passes(teacher, recipe, spec, hw, console)  # the module a run's passes use
+    passes = ("compiled with the student" if recipe.compile else
+              ", ".join([*(["BatchNorm-folded"] if recipe.teacher_fold_bn and teacher is not eager_teacher else []),
+                         "compiled" if compile_teacher_passes(recipe, spec, hw) else "eager"]))
 
     def teacher_forward():
-        with torch.inference_mode(), hw.autocast():
-            teacher.forward_features(images)
+        teacher_pass(teacher, images, hw)
 
     def step(method):
         member = members[method]
@@ -105,7 +108,7 @@ def bench_pair(recipe, steps: int = 10, rounds: int = 5, warmup: int = 3, consol
                      "speedup_vs_plain": median["plain"] / median[name] if name in methods else None})
     separate = sum(median[m] for m in methods)
     return {"rows": rows, "floor_ms": 1000 * floor, "machine": machine(hw), "batch_size": recipe.batch_size,
-            "methods": methods, "separate_ms": 1000 * separate, "shared_ms": 1000 * median["shared_all"],
+            "methods": methods, "teacher_passes": passes, "separate_ms": 1000 * separate, "shared_ms": 1000 * median["shared_all"],
             "extra_params": {m: members[m].distiller.extra_parameter_count() for m in methods}}
 
 
@@ -142,7 +145,9 @@ def write_bench(result: dict, pair: str, out_dir: Path, command: str) -> Path:
     device = "cuda" if "cuda" in result["machine"] else "cpu"
     path = out_dir / f"{pair}-{device}.md"
     lines = [f"# Training-step throughput: {pair}", "",
-             f"Made by `{command}` on {time.strftime('%Y-%m-%d')}: {result['machine']}, batch {result['batch_size']}.", "",
+             f"Made by `{command}` on {time.strftime('%Y-%m-%d')}: {result['machine']}, batch {result['batch_size']}"
+             + (f"; the teacher's passes {result['teacher_passes']} (as in a run of the recipe's length)."
+                if "teacher_passes" in result else "."), "",
              f"Floor = student step + teacher forward, measured in the same run: {result['floor_ms']:.1f} ms. "
              "plain = the KD step as the CIFAR-100 benchmark code writes it (same models, NCHW, fp32, eager, "
              "teacher under no_grad); speed-up = plain's time / the step's time.", "",

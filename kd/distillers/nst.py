@@ -72,7 +72,7 @@ class NST(StagePairDistiller):
 
     groups = ("feature",)
     paper = "Huang & Wang, arXiv:1707.01219 2017, Like What You Like: Knowledge Distill via Neuron Selectivity Transfer"
-    step_cost = 1.3
+    step_cost = 1.5
 
     def pair_loss(self, student_map, teacher_map):
         return nst_loss(student_map, teacher_map)

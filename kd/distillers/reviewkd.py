@@ -236,7 +236,7 @@ class ReviewKD(Distiller):
 
     groups = ("feature",)
     paper = "Chen, Liu, Zhao & Jia, CVPR 2021, Distilling Knowledge via Knowledge Review"
-    step_cost = 2.0
+    step_cost = 2.5
 
     def __init__(self, student, teacher, options, data):
         super().__init__(student, teacher, options, data)

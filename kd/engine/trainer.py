@@ -1,7 +1,7 @@
 """The training loop: a plain loop a reader can follow top to bottom.
 
 Several students (one per method) can train side by side over the same batches: the teacher runs
-forward once per batch, under inference_mode, and every student's distiller receives its outputs.
+forward once per batch, under no_grad, and every student's distiller receives its outputs.
 One student is simply a group of one. The trainer never knows which method runs: it sums the loss
 dict a distiller returns and logs every term.
 """
@@ -24,18 +24,13 @@ from kd.models.features import Features
 def teacher_pass(teacher: nn.Module, images: torch.Tensor, hw: Hardware) -> Features:
     """The teacher's features for one batch, computed once for every student.
 
-    inference_mode skips all autograd bookkeeping; its tensors may not be saved for backward, so the
-    few outputs handed on are cloned into ordinary tensors (a copy far cheaper than the forward).
+    Under no_grad: no graph is built and no gradient can reach the teacher. inference_mode would skip a little
+    more bookkeeping, but its tensors may not be saved for a student's backward, so every output handed on
+    (logits, stage, pre-ReLU and pre-pool maps) would have to be copied first; measured on four pairs, the two
+    cost the same (results/bench/cpu-levers.md), and no_grad has no copies to keep in step with Features.
     """
-    with torch.inference_mode(), hw.autocast():
-        out = teacher.forward_features(images)
-    stages = [s.clone() for s in out.stages]
-    preact = None
-    if out.preact_stages is not None:  # a pre-ReLU map that IS a stage map (MobileNetV2) is not copied twice
-        same = {id(s): c for s, c in zip(out.stages, stages)}
-        preact = [same[id(p)] if id(p) in same else p.clone() for p in out.preact_stages]
-    return Features(out.logits.clone(), stages, None if out.pre_pool is None else out.pre_pool.clone(),
-                    out.classifier, preact)
+    with torch.no_grad(), hw.autocast():
+        return teacher.forward_features(images)
 
 
 def train_step(m: Trainee, hw: Hardware, images, targets, t_out: Features | None, epoch: int, index=None):
