@@ -82,14 +82,22 @@ COMPILE_TEACHER_MIN_PASSES = 20_000
 
 
 def compile_teacher_passes(recipe: Recipe, spec: DataSpec, hw: Hardware) -> bool:
-    """recipe.compile_teacher, or for null (auto): on the CPU, whether the run makes enough teacher passes."""
+    """recipe.compile_teacher, or for null (auto): on a CPU with a C++ compiler, whether the run makes enough
+    teacher passes."""
     if recipe.compile_teacher is not None:
         return recipe.compile_teacher
-    if hw.device.type != "cpu" or not spec.train_size:
+    if hw.device.type != "cpu" or not spec.train_size or not cpp_compiler():
         return False
     seeds = len({seed for _, seed in recipe.students()}) if recipe.shared_teacher else len(recipe.students())
     passes = recipe.epochs * -(-spec.train_size // recipe.batch_size) * seeds
     return passes >= COMPILE_TEACHER_MIN_PASSES
+
+
+def cpp_compiler() -> bool:
+    """Whether inductor can build CPU kernels here: it needs a C++ compiler (auto stays eager without one)."""
+    import shutil
+
+    return any(shutil.which(name) for name in ("c++", "g++", "clang++"))
 
 
 # torch.compile's modes as inductor options, so that the frozen teacher can add "freezing" to them

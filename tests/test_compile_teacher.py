@@ -23,6 +23,14 @@ def spec(train_size):
     return DataSpec(10, (32, 32), train_size)
 
 
+def test_auto_stays_eager_without_a_cpp_compiler(monkeypatch):
+    import kd.run
+
+    monkeypatch.setattr(kd.run, "cpp_compiler", lambda: False)
+    assert not compile_teacher_passes(recipe(epochs=240, batch_size=64), spec(50_000), CPU)
+
+
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="auto compiles only with a C++ compiler")
 def test_auto_compiles_the_teacher_only_for_long_runs_on_the_cpu():
     # the benchmark's 240 epochs of 50,000 images: 187,680 passes
     assert compile_teacher_passes(recipe(epochs=240, batch_size=64), spec(50_000), CPU)
