@@ -75,7 +75,10 @@ def measure(pair: str, compile_: bool) -> dict:
 
     from kd.engine.trainer import teacher_pass, train_step
 
+    from kd.run import teacher_for_passes
+
     recipe, hw, spec, teacher, trainee, images, targets = kd_step(pair, [f"compile={compile_}"])
+    teacher = teacher_for_passes(teacher, recipe, spec, hw)  # eager: BatchNorm-folded, as a run's passes are
     train_size = spec.train_size or getattr(recipe.data_options(), "train_size", 50_000)  # CIFAR: 50,000
     steps = []
     for _ in range(STEPS):
@@ -174,7 +177,8 @@ def main(pairs: list[str]) -> None:
 
     lines = ["# torch.compile on the CPU: compile time against the time it saves", "",
              f"Made by `python bench/compile_cpu.py` on {time.strftime('%Y-%m-%d')}: {os.cpu_count()} CPU cores, "
-             f"torch {torch.__version__}. KD step (teacher pass + student step), batch 64, random data; a fresh process "
+             f"torch {torch.__version__}. KD step (teacher pass + student step; eager: the teacher's pass BatchNorm-folded as in a "
+             "run, not compiled), batch 64, random data; a fresh process "
              "and an empty inductor cache per cell (a new machine: a second run on the same machine reuses the "
              "cache and compiles faster). One-off = what the first "
              f"{STEPS} steps and the first evaluation forward took beyond steady-state ones. Break-even = the extra "
