@@ -50,8 +50,17 @@ def teacher_for_passes(teacher, recipe: Recipe, spec: DataSpec, hw: Hardware, co
     """The module the trainer runs the teacher's passes with: the teacher itself, or a copy with its BatchNorm
     layers folded into its convolutions (recipe teacher_fold_bn, kd.models.fold) and/or compiled with frozen
     weights (compile_teacher). Distillers and evaluation keep the original, whose BatchNorm layers OFD reads."""
+    module, done = prepare_passes(teacher, recipe, spec, hw, console)
+    if done and console is not None:
+        console.print(f"teacher passes {' and '.join(done)}")
+    return module
+
+
+def prepare_passes(teacher, recipe: Recipe, spec: DataSpec, hw: Hardware, console=None) -> tuple:
+    """teacher_for_passes' module and what was done to it (["with N BatchNorm layers folded ...", "compiled
+    ..."], empty for the teacher as it is), which the run header and the bench state."""
     if teacher is None or recipe.compile:  # compile: build_teacher compiled the teacher, frozen
-        return teacher
+        return teacher, []
     module, done = teacher, []
     if recipe.teacher_fold_bn:
         from kd.models.fold import fold_batchnorm
@@ -69,9 +78,7 @@ def teacher_for_passes(teacher, recipe: Recipe, spec: DataSpec, hw: Hardware, co
         # a copy, so that evaluation and the distillers keep the eager teacher
         module = compiled(copy.deepcopy(module) if module is teacher else module, "default", frozen=True)
         done.append("compiled (torch.compile, frozen weights)")
-    if done and console is not None:
-        console.print(f"teacher passes {' and '.join(done)}")
-    return module
+    return module, done
 
 
 # Teacher passes from which compiling them pays on the CPU: a compiled, frozen teacher pass is 1.06-1.13x as fast

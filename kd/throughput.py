@@ -43,7 +43,7 @@ def bench_pair(recipe, steps: int = 10, rounds: int = 5, warmup: int = 3, consol
     from kd.data import data_spec
     from kd.engine.device import resolve_hardware
     from kd.engine.rundir import RunDir
-    from kd.run import build_trainee, compile_teacher_passes, compiled, teacher_for_passes
+    from kd.run import build_trainee, compiled, prepare_passes
 
     methods = recipe.methods
     hw = resolve_hardware(recipe.device, recipe.precision, recipe.channels_last, recipe.deterministic)
@@ -64,11 +64,9 @@ def bench_pair(recipe, steps: int = 10, rounds: int = 5, warmup: int = 3, consol
                                           recipe.method_options(method), spec)
     with tempfile.TemporaryDirectory() as scratch:
         members = {m: build_trainee(recipe, m, 0, teacher, spec, hw, RunDir(scratch)) for m in methods}
-    eager_teacher = teacher
-    teacher = teacher_for_passes(teacher, recipe, spec, hw, console)  # the module a run's passes use
+    teacher, done = prepare_passes(teacher, recipe, spec, hw, console)  # the module a run's passes use
     passes = ("compiled with the student" if recipe.compile else
-              ", ".join([*(["BatchNorm-folded"] if recipe.teacher_fold_bn and teacher is not eager_teacher else []),
-                         "compiled" if compile_teacher_passes(recipe, spec, hw) else "eager"]))
+              f"run {' and '.join(done)}" if done else "run on the teacher as it is, eager")
 
     def teacher_forward():
         teacher_pass(teacher, images, hw)

@@ -59,4 +59,11 @@ def test_a_method_added_in_one_outside_file_is_listed_compared_and_benched(tmp_p
     bench = run_cli("bench", "quickstart", f"imports=[{tmp_path / 'half_kd.py'}]", "methods=[vanilla, kd, half_kd]",
                     "--steps", "1", "--rounds", "1", "--out", str(tmp_path / "bench"))
     assert bench.returncode == 0, bench.stderr[-3000:]
-    assert "| half_kd |" in (tmp_path / "bench" / "quickstart-cpu.md").read_text()
+    written = (tmp_path / "bench" / "quickstart-cpu.md").read_text()
+    assert "| half_kd |" in written
+    # the bench builds the teacher's passes as a run of the pair's default 240 epochs would: folded, and compiled
+    # where inductor can build CPU kernels
+    from kd.run import cpp_compiler
+
+    assert "the teacher's passes run with" in written and "folded into their convolutions" in written
+    assert ("and compiled" in written) == cpp_compiler()

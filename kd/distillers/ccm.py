@@ -12,8 +12,8 @@ setting of results/cifar100/, 3 seeds) the ablation of normalisation x weight an
 (results/ablations/cifar100/) put l2 with cam_weight 50 above the earlier default l2/10 (+1.21 [+1.13, +1.28]
 validation top-1), and the sweep above that grid (results/ablations/cifar100-sweep/: 10, 50, 100, 200) kept 50:
 100 ties with 10 and 200 falls below. The earlier default came from a synthetic `shapes` sweep that chose on its
-test split (results/ablations/cam/, kept as a record). The self CAM-loss term (self_cam_weight) uses the same normalisation and detach
-options. Options beyond CAM-loss's (see kd/distillers/cam_loss.py):
+test split (results/ablations/cam/, kept as a record). The self CAM-loss term (self_cam_weight) uses the same
+normalisation and detach options. Options beyond CAM-loss's (see kd/distillers/cam_loss.py):
 - teacher_class: target (default: the ground-truth class) | predicted (the teacher's top class)
 - resize: pool (default: adaptive-average-pool the larger map to the smaller) | upsample (bilinear, to the larger)
 - self_cam_weight: weight of the student's own CAM-loss term added on top (default 0: off)
