@@ -69,7 +69,7 @@ def from_urls(pair: Pair, num_classes: int, progress) -> tuple[bytes, dict]:
             payload = tar_member(downloaded, pair.teacher_member) if pair.teacher_member else downloaded.read_bytes()
             state = state_dict_of(read_checkpoint(where, "checkpoint", data=payload), where)
             load_state(create_model(pair.teacher, num_classes), state, where, "teacher", pair.teacher, num_classes,
-                       f"fix the pair's teacher_urls / teacher_member")
+                       "fix the pair's teacher_urls / teacher_member")
             return payload, state
         except KDError as err:
             if downloaded is not None:  # it downloaded but holds no usable checkpoint: the next try fetches anew

@@ -107,7 +107,8 @@ def bench_pair(recipe, steps: int = 10, rounds: int = 5, warmup: int = 3, consol
     separate = sum(median[m] for m in methods)
     return {"rows": rows, "floor_ms": 1000 * floor, "machine": machine(hw), "batch_size": recipe.batch_size,
             "methods": methods, "teacher_passes": passes, "separate_ms": 1000 * separate, "shared_ms": 1000 * median["shared_all"],
-            "extra_params": {m: members[m].distiller.extra_parameter_count() for m in methods}}
+            "extra_params": {m: members[m].distiller.extra_parameter_count() for m in methods},
+            "rounds_ms": {name: [1000 * t for t in ts] for name, ts in times.items()}}
 
 
 def plain_kd_step(recipe, num_classes: int, size, device):
