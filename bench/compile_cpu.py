@@ -2,17 +2,19 @@
 """Does `compile: true` pay off on this CPU? Compile time against the time it saves, per pair:
 results/bench/compile-cpu.md.
 
-    python bench/compile_cpu.py [PAIR ...]            (default: quickstart and the three standard CIFAR-100 pairs)
+    python bench/compile_cpu.py [PAIR ...] [--repeats N]
+                                      (default: quickstart and the three standard CIFAR-100 pairs, 3 repeats)
     python bench/compile_cpu.py --teacher [PAIR ...]  the teacher's passes alone (compile_teacher):
                                                       results/bench/compile-teacher-cpu.md
 
-For each pair and each of compile=false / compile=true, a fresh process (with an empty inductor cache, as on a
+For each pair and each of compile=false / compile=true, --repeats times, a fresh process (with an empty inductor cache, as on a
 new machine) builds the pair's teacher and a KD student with the recipe defaults and times, on one random
 batch of the pair's input shape: every one of the first training steps (the teacher pass included), then the
 first and a later evaluation forward (eval mode is a second graph). The one-off cost of compiling is what the
 first calls take beyond the steady step time; the break-even is that cost divided by what a compiled step
 saves. A run shorter than the break-even is faster eager. `compile` becomes a recipe default only for pairs
-whose compiled step is at least MIN_SPEEDUP times as fast and whose realistic runs are longer than the break-even.
+whose compiled step is faster beyond the spread between processes (the t interval of its speed-up over
+--repeats pairs of processes lies above 1) and whose realistic runs are longer than the break-even.
 
 --teacher: in a fresh process per pair (empty inductor cache), the teacher's pass as a run makes it (BatchNorm
 folded, eager) against the same pass compiled with frozen weights (compile_teacher), timed in interleaved rounds
@@ -37,7 +39,7 @@ TEACHER_OUT = ROOT / "results" / "bench" / "compile-teacher-cpu.md"
 PAIRS = ["quickstart", "resnet56-resnet20", "resnet32x4-resnet8x4", "wrn_40_2-wrn_16_2"]
 RECIPES = {"quickstart": "recipes/quickstart.yaml"}  # otherwise recipes/cifar100/<pair>/students.yaml
 STEPS = 40
-MIN_SPEEDUP = 1.05  # the last half gives the steady step time
+REPEATS = 3  # eager / compiled process pairs per pair: step times move by a few % from one process to the next
 
 
 def kd_step(pair: str, overrides: list[str] = ()):
@@ -70,16 +72,19 @@ def kd_step(pair: str, overrides: list[str] = ()):
 
 
 def measure(pair: str, compile_: bool) -> dict:
-    """In this process: the first STEPS training steps and two evaluation forwards, each timed."""
+    """In this process: the first STEPS training steps and two evaluation forwards, each timed. compile=false is
+    the default run: the student eager, the teacher's passes prepared as a run of the pair's recipe prepares them
+    (folded, and compiled where compile_teacher's auto compiles them: the CIFAR pairs' 240 epochs)."""
+    from dataclasses import replace
+
     import torch
 
     from kd.engine.trainer import teacher_pass, train_step
+    from kd.run import prepare_passes
 
-    from kd.run import teacher_for_passes
-
-    recipe, hw, spec, teacher, trainee, images, targets = kd_step(pair, [f"compile={compile_}"])
-    teacher = teacher_for_passes(teacher, recipe, spec, hw)  # eager: BatchNorm-folded, as a run's passes are
+    recipe, hw, spec, teacher, trainee, images, targets = kd_step(pair, [f"compile={compile_}", "compile_teacher=null"])
     train_size = spec.train_size or getattr(recipe.data_options(), "train_size", 50_000)  # CIFAR: 50,000
+    teacher, done = prepare_passes(teacher, recipe, replace(spec, train_size=train_size), hw)
     steps = []
     for _ in range(STEPS):
         start = time.perf_counter()
@@ -93,7 +98,7 @@ def measure(pair: str, compile_: bool) -> dict:
         with torch.inference_mode(), hw.autocast():
             student(images)
         evals.append(time.perf_counter() - start)
-    return {"steps": steps, "evals": evals, "hardware": hw.describe(),
+    return {"steps": steps, "evals": evals, "hardware": hw.describe(), "teacher_passes": done,
             "recipe_steps": recipe.epochs * -(-train_size // recipe.batch_size), "epochs": recipe.epochs}
 
 
@@ -133,7 +138,7 @@ def child(pair: str, compile_: bool | str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main_teacher(pairs: list[str]) -> None:
+def main_teacher(pairs: list[str], out: Path) -> None:
     import torch
 
     from kd.run import COMPILE_TEACHER_MIN_PASSES
@@ -161,8 +166,9 @@ def main_teacher(pairs: list[str]) -> None:
               f"{COMPILE_TEACHER_MIN_PASSES:,} passes (kd.run.COMPILE_TEACHER_MIN_PASSES): "
               + (f"{COMPILE_TEACHER_MIN_PASSES / worst:.1f}x the largest break-even above." if worst < float("inf")
                  else "but a pair above never breaks even, so the threshold needs another look.")]
-    TEACHER_OUT.write_text("\n".join(lines) + "\n")
-    print(TEACHER_OUT.read_text())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(out.read_text())
 
 
 def one_off(result: dict) -> tuple[float, float]:
@@ -172,49 +178,76 @@ def one_off(result: dict) -> tuple[float, float]:
     return steady, extra
 
 
-def main(pairs: list[str]) -> None:
+def main(pairs: list[str], repeats: int, out: Path) -> None:
     import torch
 
+    from kd.report.stats import paired_difference
+
     lines = ["# torch.compile on the CPU: compile time against the time it saves", "",
-             f"Made by `python bench/compile_cpu.py` on {time.strftime('%Y-%m-%d')}: {os.cpu_count()} CPU cores, "
-             f"torch {torch.__version__}. KD step (teacher pass + student step; eager: the teacher's pass BatchNorm-folded as in a "
-             "run, not compiled), batch 64, random data; a fresh process "
-             "and an empty inductor cache per cell (a new machine: a second run on the same machine reuses the "
-             "cache and compiles faster). One-off = what the first "
-             f"{STEPS} steps and the first evaluation forward took beyond steady-state ones. Break-even = the extra "
-             "one-off time of compiling / the time a compiled step saves.", "",
-             "| pair | precision | eager ms/step | compiled ms/step | step speed-up | compile one-off (s) | "
+             f"Made by `{' '.join(['python bench/compile_cpu.py', *sys.argv[1:]])}` on {time.strftime('%Y-%m-%d')}: "
+             f"{os.cpu_count()} CPU cores, torch {torch.__version__}. KD step (teacher pass + student step), batch 64, "
+             "random data. eager = the default run: the student eager, the teacher's passes as a run of the pair's "
+             "recipe prepares them (listed below); compiled = `compile: true` (student and teacher compiled). Each "
+             f"cell is a fresh process with an empty inductor cache (a new machine), {repeats} of each per pair, "
+             "eager and compiled alternating; the step speed-up is eager's steady step over compiled's of the "
+             "same repeat, its mean [95 % t interval] over the repeats. One-off = what the first "
+             f"{STEPS} steps and the first evaluation forward took beyond steady-state ones (mean over repeats). "
+             "Break-even = the extra one-off time of compiling / the time a compiled step saves.", "",
+             "| pair | precision | eager ms/step | compiled ms/step | step speed-up, mean [95 %] | compile one-off (s) | "
              "break-even (steps) | steps in the pair's recipe | compile by default |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+             "|---|---|---:|---:|---|---:|---:|---:|---|"]
+    passes = []
     for pair in pairs:
-        eager, comp = child(pair, False), child(pair, True)
-        (e_step, e_extra), (c_step, c_extra) = one_off(eager), one_off(comp)
-        cost = c_extra - e_extra
+        raw = [(child(pair, False), child(pair, True)) for _ in range(repeats)]
+        cells = [(one_off(eager), one_off(comp)) for eager, comp in raw]
+        eager, comp = raw[0]
+        e_step = statistics.fmean(e[0] for e, _ in cells)
+        c_step = statistics.fmean(c[0] for _, c in cells)
+        cost = statistics.fmean(c[1] - e[1] for e, c in cells)
+        ratios = {i: e[0] / c[0] for i, (e, c) in enumerate(cells)}
+        speedup = paired_difference(ratios, {i: 1.0 for i in ratios})
         saving = e_step - c_step
         even = cost / saving if saving > 0 else float("inf")
         steps = comp["recipe_steps"]
-        # a compiled step must be clearly faster (by more than this machine's run-to-run spread of a few %)
-        verdict = "yes" if e_step / c_step >= MIN_SPEEDUP and steps > even else "no"
-        lines.append(f"| {pair} | {comp['hardware']} | {1000 * e_step:.1f} | {1000 * c_step:.1f} | {e_step / c_step:.2f}x | "
+        mean = speedup["mean"] + 1
+        interval = "" if speedup["n"] < 2 else f" [{speedup['low'] + 1:.2f}, {speedup['high'] + 1:.2f}]"
+        # a compiled step must be faster beyond the spread between processes: its whole interval above 1
+        faster = speedup["n"] >= 2 and speedup["low"] > 0
+        verdict = "yes" if faster and steps > even else "no"
+        lines.append(f"| {pair} | {comp['hardware']} | {1000 * e_step:.1f} | {1000 * c_step:.1f} | {mean:.2f}x{interval} | "
                      f"{cost:.0f} | {'never' if even == float('inf') else f'{even:.0f}'} | {steps} "
                      f"({comp['epochs']} epochs) | {verdict} |")
+        done = eager["teacher_passes"]
+        passes.append(f"{pair}: " + (f"run {' and '.join(done)}" if done else "eager, as it is"))
         print(lines[-1], flush=True)
-    lines += ["", "Steps in the pair's recipe: its epochs x its training images / 64 (CIFAR: 50,000 images, 782 "
+    lines += ["", "The eager runs' teacher passes: " + "; ".join(passes) + ".", "",
+              "Steps in the pair's recipe: its epochs x its training images / 64 (CIFAR: 50,000 images, 782 "
               "steps an epoch; quickstart: 4,000 images). Every student of a comparison pays the one-off again in eval and "
               "train mode unless its graphs are reused (same architecture and shapes: the inductor cache serves "
-              "them), so the table is the case of one student. Compile by default = the compiled step is at least "
-              f"{MIN_SPEEDUP:.2f}x as fast (steady step times of one run vary by a few % on a shared machine) and "
-              "the pair's recipe is longer than the break-even."]
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text("\n".join(lines) + "\n")
-    print(OUT.read_text())
+              "them), so the table is the case of one student. Compile by default = the compiled step is faster "
+              "beyond the spread between processes (the whole interval of its speed-up lies above 1) and the "
+              "pair's recipe is longer than the break-even."]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(out.read_text())
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
         pair, mode = sys.argv[2], sys.argv[3]
         print(json.dumps(measure_teacher(pair) if mode == "teacher" else measure(pair, bool(int(mode)))))
-    elif sys.argv[1:2] == ["--teacher"]:
-        main_teacher(sys.argv[2:] or PAIRS)
     else:
-        main(sys.argv[1:] or PAIRS)
+        import argparse
+
+        parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+        parser.add_argument("pairs", nargs="*", default=PAIRS)
+        parser.add_argument("--teacher", action="store_true", help="the teacher's passes alone (compile_teacher)")
+        parser.add_argument("--repeats", type=int, default=REPEATS, help="eager / compiled process pairs per pair")
+        parser.add_argument("--out", type=Path, default=None, help="output file (default: results/bench/...)")
+        args = parser.parse_args()
+        if args.repeats < 1:
+            parser.error("--repeats must be at least 1")
+        if args.teacher:
+            main_teacher(args.pairs, args.out or TEACHER_OUT)
+        else:
+            main(args.pairs, args.repeats, args.out or OUT)
