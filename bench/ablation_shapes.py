@@ -13,23 +13,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from run_cli import kd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "results" / "ablations" / "cam"
 WORK = ROOT / "runs" / "ablation-shapes"
 RECIPES = {"ablation-cam": "recipes/ablations/cam.yaml", "ablation-cam-range": "recipes/ablations/cam_range.yaml"}
-
-
-def kd(*args: str) -> float:
-    start = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "run_kd.py"), *args], cwd=ROOT, check=True,
-                   env={**os.environ, "PYTHONPATH": str(ROOT)})
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -55,4 +48,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    # no options: --help shows what the script does, and a stray argument stops it before any work
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     main()

@@ -16,11 +16,12 @@ import argparse
 import hashlib
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
 import time
 from pathlib import Path
+
+from run_cli import kd
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHIVE_SHA256 = "58c58e3af3ec7ed2054f439f35ad3c83dc1ab019f4af6037f60612ea098c8fa1"
@@ -44,13 +45,6 @@ def unpack(archive: Path) -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive) as tar:
         tar.extractall(CACHE, filter="data")
-
-
-def kd(*args: str) -> float:
-    start = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "run_kd.py"), *args], cwd=ROOT, check=True,
-                   env={**os.environ, "PYTHONPATH": str(ROOT)})
-    return time.perf_counter() - start
 
 
 def train_minutes(run: Path) -> float:

@@ -24,10 +24,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from run_cli import kd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -39,13 +40,6 @@ OUT = ROOT / "results" / "cifar100"
 ABLATION_OUT = ROOT / "results" / "ablations" / "cifar100"
 SWEEP = "recipes/cifar100-cpu/sweep.yaml"
 SWEEP_OUT = ROOT / "results" / "ablations" / "cifar100-sweep"
-
-
-def kd(*args: str) -> float:
-    start = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "run_kd.py"), *args], cwd=ROOT, check=True,
-                   env={**os.environ, "PYTHONPATH": str(ROOT)})
-    return time.perf_counter() - start
 
 
 def newest(folder: Path, prefix: str) -> Path:

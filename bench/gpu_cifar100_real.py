@@ -16,23 +16,16 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from run_cli import kd
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def kd(*args: str) -> float:
-    start = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "run_kd.py"), *args], cwd=ROOT, check=True,
-                   env={**os.environ, "PYTHONPATH": str(ROOT)})
-    return time.perf_counter() - start
 
 
 def newest(folder: Path) -> Path:

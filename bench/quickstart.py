@@ -16,22 +16,16 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from run_cli import kd as timed
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "results" / "quickstart"
-
-
-def timed(*args: str) -> float:
-    start = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "run_kd.py"), *args], cwd=ROOT, check=True,
-                   env={**os.environ, "PYTHONPATH": str(ROOT)})
-    return time.perf_counter() - start
 
 
 def cpu_name() -> str:
@@ -92,4 +86,8 @@ The tables, curves and CAM pictures in this folder are those of the cold-start r
 
 
 if __name__ == "__main__":
+    import argparse
+
+    # no options: --help shows what the script does, and a stray argument stops it before any work
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     main()

@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from run_cli import kd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -30,11 +31,6 @@ STUDIES = {
     "weights": (["compare", "recipes/ablations/zoo_weights.yaml", f"output_dir={os.path.relpath(WORK, ROOT)}"],
                 "zoo-weights", ROOT / "results" / "ablations" / "zoo-weights"),
 }
-
-
-def kd(*args: str) -> None:
-    subprocess.run([sys.executable, str(ROOT / "run_kd.py"), *args], cwd=ROOT, check=True,
-                   env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def publish(run: Path, note: str, study: str) -> None:
