@@ -2,13 +2,13 @@
 """Does `compile: true` pay off on this CPU? Compile time against the time it saves, per pair:
 results/bench/compile-cpu.md.
 
-    python bench/compile_cpu.py [PAIR ...] [--repeats N]
+    python bench/compile_cpu.py [PAIR ...] [--repeats N] [--out FILE]
                                       (default: quickstart and the three standard CIFAR-100 pairs, 3 repeats)
-    python bench/compile_cpu.py --teacher [PAIR ...]  the teacher's passes alone (compile_teacher):
-                                                      results/bench/compile-teacher-cpu.md
+    python bench/compile_cpu.py --teacher [PAIR ...] [--out FILE]  the teacher's passes alone (compile_teacher):
+                                                                   results/bench/compile-teacher-cpu.md
 
-For each pair and each of compile=false / compile=true, --repeats times, a fresh process (with an empty inductor cache, as on a
-new machine) builds the pair's teacher and a KD student with the recipe defaults and times, on one random
+For each pair and each of compile=false / compile=true, --repeats times, a fresh process (with an empty
+inductor cache, as on a new machine) builds the pair's teacher and a KD student with the recipe defaults and times, on one random
 batch of the pair's input shape: every one of the first training steps (the teacher pass included), then the
 first and a later evaluation forward (eval mode is a second graph). The one-off cost of compiling is what the
 first calls take beyond the steady step time; the break-even is that cost divided by what a compiled step
@@ -138,13 +138,13 @@ def child(pair: str, compile_: bool | str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main_teacher(pairs: list[str], out: Path) -> None:
+def main_teacher(pairs: list[str], out: Path, command: str) -> None:
     import torch
 
     from kd.run import COMPILE_TEACHER_MIN_PASSES
 
     lines = ["# The teacher's passes compiled (compile_teacher) on the CPU", "",
-             f"Made by `python bench/compile_cpu.py --teacher` on {time.strftime('%Y-%m-%d')}: {os.cpu_count()} CPU "
+             f"Made by `{command}` on {time.strftime('%Y-%m-%d')}: {os.cpu_count()} CPU "
              f"cores, torch {torch.__version__}. One teacher pass (kd.engine.trainer.teacher_pass), batch 64, random "
              "data: eager with its BatchNorm layers folded (the default) against the same module compiled with frozen "
              "weights, median of 8 interleaved rounds of 15 passes in one process; one-off = the first compiled "
@@ -178,13 +178,13 @@ def one_off(result: dict) -> tuple[float, float]:
     return steady, extra
 
 
-def main(pairs: list[str], repeats: int, out: Path) -> None:
+def main(pairs: list[str], repeats: int, out: Path, command: str) -> None:
     import torch
 
-    from kd.report.stats import paired_difference
+    from kd.report.stats import mean_interval
 
     lines = ["# torch.compile on the CPU: compile time against the time it saves", "",
-             f"Made by `{' '.join(['python bench/compile_cpu.py', *sys.argv[1:]])}` on {time.strftime('%Y-%m-%d')}: "
+             f"Made by `{command}` on {time.strftime('%Y-%m-%d')}: "
              f"{os.cpu_count()} CPU cores, torch {torch.__version__}. KD step (teacher pass + student step), batch 64, "
              "random data. eager = the default run: the student eager, the teacher's passes as a run of the pair's "
              "recipe prepares them (listed below); compiled = `compile: true` (student and teacher compiled). Each "
@@ -204,17 +204,16 @@ def main(pairs: list[str], repeats: int, out: Path) -> None:
         e_step = statistics.fmean(e[0] for e, _ in cells)
         c_step = statistics.fmean(c[0] for _, c in cells)
         cost = statistics.fmean(c[1] - e[1] for e, c in cells)
-        ratios = {i: e[0] / c[0] for i, (e, c) in enumerate(cells)}
-        speedup = paired_difference(ratios, {i: 1.0 for i in ratios})
+        speedup = mean_interval([e[0] / c[0] for e, c in cells])
         saving = e_step - c_step
         even = cost / saving if saving > 0 else float("inf")
         steps = comp["recipe_steps"]
-        mean = speedup["mean"] + 1
-        interval = "" if speedup["n"] < 2 else f" [{speedup['low'] + 1:.2f}, {speedup['high'] + 1:.2f}]"
+        interval = "" if speedup["n"] < 2 else f" [{speedup['low']:.2f}, {speedup['high']:.2f}]"
         # a compiled step must be faster beyond the spread between processes: its whole interval above 1
-        faster = speedup["n"] >= 2 and speedup["low"] > 0
+        faster = speedup["n"] >= 2 and speedup["low"] > 1
         verdict = "yes" if faster and steps > even else "no"
-        lines.append(f"| {pair} | {comp['hardware']} | {1000 * e_step:.1f} | {1000 * c_step:.1f} | {mean:.2f}x{interval} | "
+        lines.append(f"| {pair} | {comp['hardware']} | {1000 * e_step:.1f} | {1000 * c_step:.1f} | "
+                     f"{speedup['mean']:.2f}x{interval} | "
                      f"{cost:.0f} | {'never' if even == float('inf') else f'{even:.0f}'} | {steps} "
                      f"({comp['epochs']} epochs) | {verdict} |")
         done = eager["teacher_passes"]
@@ -247,7 +246,8 @@ if __name__ == "__main__":
         args = parser.parse_args()
         if args.repeats < 1:
             parser.error("--repeats must be at least 1")
+        command = " ".join(["python bench/compile_cpu.py", *sys.argv[1:]])
         if args.teacher:
-            main_teacher(args.pairs, args.out or TEACHER_OUT)
+            main_teacher(args.pairs, args.out or TEACHER_OUT, command)
         else:
-            main(args.pairs, args.repeats, args.out or OUT)
+            main(args.pairs, args.repeats, args.out or OUT, command)

@@ -19,7 +19,7 @@ def run_main(monkeypatch, tmp_path, compiled_steadies):
             True: iter([cell(s, 10.0) for s in compiled_steadies])}
     monkeypatch.setattr(compile_cpu, "child", lambda pair, compile_: next(made[compile_]))
     out = tmp_path / "compile.md"
-    compile_cpu.main(["somepair"], len(compiled_steadies), out)
+    compile_cpu.main(["somepair"], len(compiled_steadies), out, "python bench/compile_cpu.py somepair")
     row = next(line for line in out.read_text().splitlines() if line.startswith("| somepair"))
     return [c.strip() for c in row.split("|")[1:-1]], out.read_text()
 

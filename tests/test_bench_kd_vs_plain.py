@@ -49,3 +49,12 @@ def test_the_verdict_is_above_only_where_the_whole_interval_is():
     below = summary([sample(110, 60), sample(111, 60), sample(112, 60)])
     assert below["verdict"] == "below 2.0" and below["high"] < 2.0
     assert summary([sample(120, 60)])["verdict"] == "no interval (one process)"
+
+
+def test_a_wrong_pair_is_one_line_and_exit_2_before_anything_is_written(tmp_path):
+    out = tmp_path / "kd-vs-plain.md"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "kd_vs_plain.py"), "quickstart", "nosuchpair",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "unknown pair 'nosuchpair'" in done.stderr
+    assert not out.exists() and not out.with_suffix(".csv").exists() and "process 1" not in done.stdout

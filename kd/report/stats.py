@@ -21,14 +21,18 @@ def t975(df: int) -> float:
 def paired_difference(a: dict, b: dict) -> dict:
     """Mean of a[s] - b[s] over the keys (seeds) both have, its 95 % interval, and whether that excludes zero."""
     seeds = sorted(set(a) & set(b))
-    diffs = [a[s] - b[s] for s in seeds]
-    n = len(diffs)
+    return mean_interval([a[s] - b[s] for s in seeds])
+
+
+def mean_interval(values: list) -> dict:
+    """Mean of `values` with its t-based 95 % interval (none for fewer than 2), and whether that excludes zero."""
+    n = len(values)
     if n == 0:
         return {"n": 0, "mean": math.nan, "low": math.nan, "high": math.nan, "excludes_zero": None}
-    mean = sum(diffs) / n
+    mean = sum(values) / n
     if n == 1:
         return {"n": 1, "mean": mean, "low": math.nan, "high": math.nan, "excludes_zero": None}
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     half = t975(n - 1) * sd / math.sqrt(n)
     return {"n": n, "mean": mean, "low": mean - half, "high": mean + half,
             "excludes_zero": bool(mean - half > 0 or mean + half < 0)}
