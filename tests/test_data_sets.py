@@ -151,3 +151,58 @@ def test_the_shared_cifar_archives_have_the_published_sha256():
 
     for name, digest in KNOWN_SHA256.items():
         assert sha256(shared_file("data", name)) == digest
+
+
+@pytest.mark.parametrize("suffix", ["png", "ppm"])  # a 16-bit PNG opens as mode I;16, a 16-bit PGM as mode I
+def test_wide_grayscale_images_are_scaled_to_8_bits_not_saturated(tmp_path, suffix):
+    """16-bit grayscale PNGs once decoded to all-white images (PIL's convert clips at 255): in memory and streamed,
+    a 16-bit value v becomes round(v * 255 / 65535) in every channel."""
+    import numpy as np
+
+    from kd.data.streaming import FileSet
+
+    ramp = np.array([[0, 257, 32896, 65535]] * 4, dtype=np.uint16)  # 8-bit 0, 1, 128, 255
+    flat = np.full((4, 4), 32896, dtype=np.uint16)
+    for split in ("train", "test"):
+        for name, values in (("a", ramp), ("b", flat)):
+            (tmp_path / split / name).mkdir(parents=True)
+            image = Image.fromarray(values) if suffix == "png" else Image.fromarray(values.astype(np.int32), mode="I")
+            image.save(tmp_path / split / name / f"0.{suffix}")
+    assert Image.open(tmp_path / "train" / "a" / f"0.{suffix}").mode == ("I;16" if suffix == "png" else "I")
+    data = load_data("imagefolder", FolderOptions(), str(tmp_path))
+    assert torch.equal(data.train.images[0], torch.tensor([0, 1, 128, 255], dtype=torch.uint8).expand(3, 4, 4))
+    streamed = FileSet([(tmp_path / "test" / "b" / f"0.{suffix}", 1)], ["a", "b"], 4, train=False)
+    assert torch.equal(streamed[0][0], torch.full((3, 4, 4), 128, dtype=torch.uint8))  # resized and cropped: still flat
+
+
+def test_a_grayscale_image_with_values_beyond_16_bits_is_refused_in_one_line():
+    import numpy as np
+
+    from kd.data.images import gray_to_8_bits
+
+    with pytest.raises(KDError, match="x.tif: a I image with values outside 0..65535, which is no 8- or 16-bit image"):
+        gray_to_8_bits(np.full((8, 8), 70000, dtype=np.int32), "I", "x.tif")
+
+
+def test_an_archive_with_its_data_one_folder_down_loads(tmp_path, monkeypatch):
+    """The lossless CIFAR-100 copy holds cifar100/train/, cifar100/test/ and a README beside them."""
+    monkeypatch.setenv("KD_DATA", str(tmp_path / "cache"))
+    root = make_folder(tmp_path / "src" / "cifar100", classes=("ant", "bee"), size=32)
+    (root / "README.txt").write_text("provenance\n")
+    archive = tmp_path / "copy.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname="cifar100")
+    bundle = load_data("cifar100", DATASETS.get("cifar100").Options(), str(archive))
+    assert bundle.train.classes == ["ant", "bee"] and len(bundle.test) == 6
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.9])
+def test_a_cut_archive_is_one_line_that_names_it_and_leaves_nothing_in_the_cache(tmp_path, monkeypatch, cut):
+    monkeypatch.setenv("KD_DATA", str(tmp_path / "cache"))
+    whole = tiny_archive(tmp_path, "whole.tar.gz", per_class=40).read_bytes()
+    archive = tmp_path / "cut.tar.gz"
+    archive.write_bytes(whole[:int(len(whole) * cut)])
+    with pytest.raises(KDError, match=f"cannot unpack {archive}: the archive is damaged or cut short") as err:
+        load_data("cifar10", DATASETS.get("cifar10").Options(), str(archive))
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())

@@ -13,10 +13,29 @@ def read_rgb(path) -> torch.Tensor:
 
     try:
         with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"))
+            if image.mode in WIDE_GRAY:
+                array = gray_to_8_bits(np.asarray(image), image.mode, path)
+            else:
+                array = np.asarray(image.convert("RGB"))
     except (OSError, UnidentifiedImageError) as err:
         raise KDError(f"cannot decode image {path} ({err}); remove or replace the file") from err
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+# Grayscale modes wider than 8 bits (16-bit PNGs open as I;16 or I): PIL's convert("RGB") clips them at 255, so an
+# image of 16-bit values would decode white. They are scaled to 8 bits instead.
+WIDE_GRAY = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+
+def gray_to_8_bits(values, mode: str, path):
+    """A 16-bit grayscale image (values 0..65535) as RGB uint8 (H, W, 3), scaled: value * 255 / 65535, rounded."""
+    import numpy as np
+
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise KDError(f"cannot decode image {path}: a {mode} image with values outside 0..65535, which is no 8- or "
+                      f"16-bit image; convert it to an 8-bit PNG or JPEG")
+    gray = np.rint(values.astype(np.float64) * (255 / 65535)).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=2)
 
 
 def decode_images(samples, image_size: int | None) -> torch.Tensor:

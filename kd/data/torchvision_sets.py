@@ -1,6 +1,6 @@
 """CIFAR-10 and CIFAR-100, held in memory as uint8 tensors, from any of three sources:
-- `data_root` is a JPEG copy's archive (e.g. ../shared/data/cifar100-jpeg.tar.gz): checked, unpacked once into
-  the data cache and decoded once (kd.data.archive);
+- `data_root` is a published copy's archive (../shared/data/cifar100-png.tar.gz, lossless, or a JPEG copy such as
+  cifar100-jpeg.tar.gz): checked, unpacked once into the data cache and decoded once (kd.data.archive);
 - `data_root` is a folder with train/ and test/ class folders (such a copy unpacked), whose sorted class names
   are the official label order;
 - otherwise torchvision's own files (`cifar-100-python` below data_root, default ~/.cache/kd/data or
@@ -47,15 +47,15 @@ def _load_cifar(name: str, root: str | None, download: bool) -> DataBundle:
         return DataBundle(name, train_set, test_set, mean, std, augment="crop_flip", crop_padding=4)
     base = Path(root).expanduser() if root else default_root()
     if base.is_file():
-        raise KDError(f"{name}: data_root {base} is a file, but neither a JPEG copy's archive (.tar.gz) nor a folder; "
+        raise KDError(f"{name}: data_root {base} is a file, but neither a data archive (.tar.gz) nor a folder; "
                       f"point data_root at the folder that holds '{FOLDERS[name]}' or at the archive "
-                      f"(e.g. ../shared/data/{name}-jpeg.tar.gz)")
+                      f"(e.g. ../shared/data/{name}-{'png' if name == 'cifar100' else 'jpeg'}.tar.gz)")
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     if not download and not (base / FOLDERS[name]).is_dir():
         raise KDError(
             f"{name} not found: looked for {base / FOLDERS[name]}; set data_root to the folder that "
-            f"holds '{FOLDERS[name]}', to a JPEG copy's archive or folder (e.g. "
-            f"../shared/data/{name}-jpeg.tar.gz), or set download: true in the recipe to fetch it"
+            f"holds '{FOLDERS[name]}', to a copy's archive or folder (e.g. "
+            f"../shared/data/{name}-{'png' if name == 'cifar100' else 'jpeg'}.tar.gz), or set download: true in the recipe to fetch it"
         )
     try:
         splits = [cls(str(base), train=train, download=download) for train in (True, False)]
