@@ -61,6 +61,9 @@ def make_parser() -> ArgumentParser:
                          help="fetch the pair's published teacher (the URLs teachers/pairs.yaml lists) instead of "
                               "training it; key=value overrides of the teacher recipe set where its data is "
                               "(data_root=...) for the evaluation that follows")
+    teacher.add_argument("--from", dest="local", metavar="FILE",
+                         help="with --download: take this local copy of a published teacher file instead of "
+                              "downloading it (checked by its sha256, kept byte for byte)")
     evaluate = sub.add_parser("evaluate", help="test top-1, top-5, loss (and CAM localisation) of saved checkpoints")
     evaluate.add_argument("target", metavar="CHECKPOINT_OR_RUN_DIR",
                           help="a run directory (every student's last checkpoint) or one checkpoint file")
@@ -339,6 +342,9 @@ def cmd_teacher(args) -> int:
     pair = get_pair(args.pair)
     if args.download and args.retrain:
         raise KDError("teacher: --download fetches the published teacher and --retrain trains one; choose one")
+    if args.local and not args.download:
+        raise KDError(f"teacher: --from {args.local} gives a published teacher file, which only --download takes; "
+                      f"add --download")
     con = console()
     if pair.checkpoint_path.is_file() and not args.retrain:
         state = read_checkpoint(pair.checkpoint_path, "teacher checkpoint", pair.remake_hint())
@@ -349,7 +355,7 @@ def cmd_teacher(args) -> int:
         return 0
     with progress_bar(con) as progress:
         if args.download:
-            download_teacher(pair, args.overrides, con, progress)
+            download_teacher(pair, args.overrides, con, progress, Path(args.local) if args.local else None)
         else:
             train_teacher(pair, args.overrides, con, progress)
     return 0

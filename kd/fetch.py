@@ -28,10 +28,14 @@ def download_cache() -> Path:
     return Path(os.environ.get("KD_DOWNLOADS", Path.home() / ".cache" / "kd" / "downloads")).expanduser()
 
 
+def file_name(url: str) -> str:
+    """The name of the file a URL names ('' for none)."""
+    return url.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
+
+
 def cached_path(url: str) -> Path:
     """Where `url` is kept in the cache: <first 12 hex digits of the URL's sha256>-<the URL's file name>."""
-    name = url.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "download"
-    return download_cache() / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}"
+    return download_cache() / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{file_name(url) or 'download'}"
 
 
 def fetch(url: str, progress=None) -> Path:

@@ -27,7 +27,10 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is list:
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    if origin is dict or tp is dict:
+    if origin is dict:
+        key, value = typing.get_args(tp)
+        return f"a mapping of {_type_name(key)} to {_type_name(value)}"
+    if tp is dict:
         return "a mapping"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
             type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
@@ -53,7 +56,13 @@ def _coerce(tp: Any, value: Any) -> Any:
         items = [_coerce(typing.get_args(tp)[0], v) for v in value]
         return _NO if any(i is _NO for i in items) else items
     if origin is dict or tp is dict:
-        return dict(value) if isinstance(value, Mapping) else _NO
+        if not isinstance(value, Mapping):
+            return _NO
+        if origin is None:
+            return dict(value)
+        key_type, value_type = typing.get_args(tp)
+        items = {_coerce(key_type, k): _coerce(value_type, v) for k, v in value.items()}
+        return _NO if _NO in items or any(v is _NO for v in items.values()) else items
     if tp is type(None):
         return None if value is None else _NO
     if tp is bool:
@@ -98,7 +107,9 @@ def _check_range(name: str, value: Any, meta: Mapping, where: str) -> None:
 
 
 def _numbers(value: Any) -> list:
-    """Every int or float in a value, lists of lists included (bools are not numbers here)."""
+    """Every int or float in a value, lists of lists and a mapping's values included (bools are not numbers here)."""
+    if isinstance(value, Mapping):
+        value = list(value.values())
     if isinstance(value, (list, tuple)):
         return [n for v in value for n in _numbers(v)]
     return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else []

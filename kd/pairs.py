@@ -24,8 +24,10 @@ class Pair:
     teacher_checkpoint: str = field(metadata={"help": "path of the teacher checkpoint, relative to the kd home"})
     teacher_recipe: str = field(metadata={"help": "recipe that trains the teacher"})
     train_on_demand: bool = field(default=False, metadata={"help": "train the teacher when it is missing (cheap pairs only)"})
-    teacher_urls: list[str] = field(default_factory=list, metadata={"help": "where `run_kd.py teacher PAIR --download` fetches the published teacher, tried in order: the checkpoint file itself, or a tar archive holding it at teacher_member"})
-    teacher_member: str | None = field(default=None, metadata={"help": "path of the checkpoint inside the archive that teacher_urls point at (none: they point at the checkpoint file)"})
+    teacher_urls: list[str] = field(default_factory=list, metadata={"help": "where `run_kd.py teacher PAIR --download` fetches the published teacher, tried in order: the checkpoint file itself, or a tar archive (.tar, .tar.gz, .tgz) holding it at teacher_member"})
+    teacher_member: str | None = field(default=None, metadata={"help": "path of the checkpoint inside the tar archives that teacher_urls point at (the URLs of checkpoint files give the file itself)"})
+    teacher_sha256: dict[str, str] = field(default_factory=dict, metadata={"help": "sha256 of published files, by the file name their URL ends with: such a file is taken only with this digest, and `--download --from FILE` tells by it which published teacher a local copy is"})
+    teacher_top1: dict[str, float] = field(default_factory=dict, metadata={"help": "test top-1 (%) that a published file's authors report, by file name (default: the benchmark's figure for the teacher architecture, results/published_cifar100.csv)"})
     teacher_weights: str | None = field(default=None, metadata={"help": "torchvision weights that `--download` takes the teacher from instead, e.g. ResNet34_Weights.IMAGENET1K_V1"})
     about: str = ""
     name: str = ""

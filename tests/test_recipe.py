@@ -100,3 +100,20 @@ def test_method_groups_expand_to_their_members_in_registry_order(tmp_path):
     assert load_recipe(write(tmp_path, "pair: quickstart\nmethods: [all]\n")).methods == DISTILLERS.names()
     with pytest.raises(KDError, match=r"unknown (distiller|method group) 'missions'"):
         methods("[missions]")
+
+
+def test_a_typed_mapping_field_checks_its_keys_and_values():
+    """pairs.yaml's teacher_sha256 / teacher_top1 are typed mappings: a wrong value type is one line, NaN refused."""
+    from dataclasses import dataclass, field
+
+    from kd.options import build
+
+    @dataclass
+    class Entry:
+        figures: dict[str, float] = field(default_factory=dict)
+
+    assert build(Entry, {"figures": {"a.pt": 72}}, "here").figures == {"a.pt": 72.0}
+    with pytest.raises(KDError, match=r"here: 'figures' must be a mapping of a string to a number, got \{'a.pt': 'x'\}"):
+        build(Entry, {"figures": {"a.pt": "x"}}, "here")
+    with pytest.raises(KDError, match="must be a finite number"):
+        build(Entry, {"figures": {"a.pt": float("nan")}}, "here")

@@ -138,12 +138,17 @@ def world(tmp_path, monkeypatch):
         "wrong": ("resnet8", "no-data", [f"{server.url}/wrong.tar"], MEMBER.format("resnet8")),
         "no-member": ("resnet8", "no-data", [url], "cifar_teachers/resnet9_vanilla/ckpt_epoch_240.pth"),
         "direct": ("resnet8", "with-data", [f"{server.url}/direct.pth"], None),
+        "published": ("resnet8", "with-data", [closed_port_url(), f"{server.url}/direct.pth"], MEMBER.format("resnet8")),
+        "other-digest": ("resnet8", "no-data", [f"{server.url}/direct.pth"], None),
     }
     lines = []
     for name, (teacher, recipe, urls, member) in pairs.items():
         lines += [f"{name}:", f"  teacher: {teacher}", "  student: resnet8", "  dataset: cifar100",
                   f"  teacher_checkpoint: teachers/checkpoints/{name}.pth", f"  teacher_recipe: recipes/{recipe}.yaml",
                   f"  teacher_urls: [{', '.join(urls)}]"] + ([f"  teacher_member: {member}"] if member else [])
+        lines += {"published": [f"  teacher_sha256: {{direct.pth: {hashlib.sha256(r8).hexdigest()}}}",
+                                "  teacher_top1: {direct.pth: 56.78}"],
+                  "other-digest": [f"  teacher_sha256: {{direct.pth: {'ab' * 32}}}"]}.get(name, [])
     lines += ["untrained:", "  teacher: resnet8", "  student: resnet8", "  dataset: cifar100",
               "  teacher_checkpoint: teachers/checkpoints/untrained.pth", "  teacher_recipe: recipes/no-data.yaml",
               "imagenet:", "  teacher: torchvision:resnet34", "  student: torchvision:resnet18", "  dataset: imagenet",
@@ -251,3 +256,38 @@ def test_a_pair_without_a_published_teacher_and_conflicting_options(world, capsy
     assert main(["teacher", "r8", "--download", "--retrain"]) == 2
     one_line(capsys, "choose one")
     assert not any((world["home"] / "teachers").glob("checkpoints/*"))
+
+
+def test_a_local_copy_of_a_published_file_is_told_by_its_digest_and_checked(world, capsys, tmp_path):
+    copy = tmp_path / "my-download.pt"  # another name: the digest says which published file it is
+    copy.write_bytes(world["r8"])
+    assert main(["teacher", "published", "--download", "--from", str(copy)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert saved(world, "published").read_bytes() == world["r8"] and copy.read_bytes() == world["r8"]
+    assert "the published direct.pth from" in out and "published: 56.78%" in out, out  # the file's own figure
+    assert f"test top-1 {100 * 3 / 102:.2f}%" in out, out
+    assert world["server"].requests == {}  # nothing downloaded
+
+    # a file of the published name whose digest is another: refused, nothing written
+    damaged = tmp_path / "direct.pth"
+    damaged.write_bytes(world["r8"][:-1] + b"x")
+    saved(world, "published").unlink()
+    assert main(["teacher", "published", "--download", "--from", str(damaged)]) == 2
+    one_line(capsys, f"--from {damaged}: sha256 ", "not the published direct.pth's", "give an intact copy of direct.pth")
+    assert not saved(world, "published").exists()
+    # a file that is none of the pair's published files, a missing file, --from without --download
+    stranger = tmp_path / "stranger.pt"
+    stranger.write_bytes(world["r14"])
+    assert main(["teacher", "published", "--download", "--from", str(stranger)]) == 2
+    one_line(capsys, "are those of none of the published teachers of pair 'published'", "direct.pth (sha256 ")
+    assert main(["teacher", "published", "--download", "--from", str(tmp_path / "nothing.pt")]) == 2
+    one_line(capsys, "no such file")
+    assert main(["teacher", "published", "--from", str(copy)]) == 2
+    one_line(capsys, "add --download")
+    assert not saved(world, "published").exists()
+
+
+def test_a_download_whose_published_digest_differs_is_refused(world, capsys):
+    assert main(["teacher", "other-digest", "--download"]) == 2
+    one_line(capsys, "could not download the teacher of pair 'other-digest'", "not the published direct.pth's")
+    nothing_left(world, "other-digest")
