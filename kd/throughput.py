@@ -27,13 +27,16 @@ from kd.models import create_model
 def machine(hw) -> str:
     if hw.device.type == "cuda":
         return f"{torch.cuda.get_device_name(hw.device)}, torch {torch.__version__}, {hw.describe()}"
-    cpu = platform.processor() or "CPU"
+    return f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {hw.describe()}"
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform says."""
     try:
-        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                   if l.startswith("model name"))
+        return next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                    if l.startswith("model name"))
     except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, {hw.describe()}"
+        return platform.processor() or "CPU"
 
 
 def bench_pair(recipe, steps: int = 10, rounds: int = 5, warmup: int = 3, console=None) -> dict:
