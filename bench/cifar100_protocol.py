@@ -7,6 +7,8 @@ many sittings: resnet56 (the published teacher) -> resnet20, vanilla, kd, dkd, c
                                                      progress; each epoch that all students finish is logged
     python bench/cifar100_protocol.py --status       how far it got and when it will finish at the measured pace:
                                                      results/cifar100-protocol/progress.md (no training)
+    python bench/cifar100_protocol.py --commit       commit the run's resumable state and progress.md to git (while
+                                                     the run trains, right after the next epoch all students finish)
     python bench/cifar100_protocol.py --measure      time the steps of the five methods the study may train and one
                                                      evaluation, and project 240 epochs for each subset that drops
                                                      dkd first: results/cifar100-protocol/sizing.md
@@ -178,6 +180,45 @@ def status() -> str:
     return text
 
 
+def running(run: Path) -> bool:
+    """Whether a process trains in the run directory now (it holds the run's lock)."""
+    from kd.engine.rundir import RunDir
+    from kd.errors import KDError
+
+    try:
+        with RunDir(run).lock():
+            return False
+    except KDError:
+        return True
+
+
+def commit_state(wait_s: float = 3600) -> str:
+    """git-commit results/cifar100-protocol (the resumable state, progress.csv and progress.md), and nothing else.
+    While the run trains, wait first for the next epoch that every student finishes, so that all students are
+    committed at the same epoch."""
+    from kd.recipe import load_recipe
+
+    run = current_run()
+    if run is None:
+        sys.exit("error: no run to commit; start it with `nice -n 10 python bench/cifar100_protocol.py`")
+    if running(run):
+        seen, start = len(logged()), time.monotonic()
+        print("waiting for the next epoch that every student finishes ...", flush=True)
+        while len(logged()) == seen:
+            if time.monotonic() - start > wait_s:
+                sys.exit(f"error: no epoch finished in {wait_s / 60:.0f} min; is the run stuck? nothing committed")
+            time.sleep(5)
+        time.sleep(5)  # the epoch's last files are written before the log line; leave them a moment
+    text = status()
+    done = min(epochs_done(run).values())
+    left = next((line for line in text.splitlines() if "of running left" in line), "")
+    message = f"CIFAR-100 protocol run: state at epoch {done} of {load_recipe(RECIPE).epochs}" + (
+        f" ({left.split('; ')[-1].strip()})" if left else "")
+    subprocess.run(["git", "add", "--", str(OUT)], cwd=ROOT, check=True)
+    subprocess.run(["git", "commit", "-q", "-m", message, "--", str(OUT)], cwd=ROOT, check=True)
+    return message
+
+
 CANDIDATES = ["vanilla", "kd", "dkd", "ccm", "ccm_kd"]  # what the study trains at most; dkd goes first, then ccm_kd
 LIMIT_H = 14  # the longest projection the study may have on this CPU
 
@@ -244,12 +285,17 @@ def main() -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--status", action="store_true", help="write progress.md and print it (no training)")
     mode.add_argument("--measure", action="store_true", help="write sizing.md and print it (no training)")
+    mode.add_argument("--commit", action="store_true", help="commit the run's resumable state (after the next epoch "
+                                                            "when it is training)")
     args = parser.parse_args()
     if args.status:
         print(status())
         return
     if args.measure:
         print(measure())
+        return
+    if args.commit:
+        print(commit_state())
         return
     OUT.mkdir(parents=True, exist_ok=True)
     code = train()
