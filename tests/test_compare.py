@@ -96,3 +96,31 @@ def test_against_table_pairs_every_method_with_the_reference_by_run_and_seed():
     assert not table.loc["up", "test_excludes_zero"]  # 4 +- 4.97: a tie
     # identical differences on val: a zero-width interval above 0
     assert table.loc["up", "val_diff_mean"] == pytest.approx(1) and table.loc["up", "val_excludes_zero"]
+
+
+def test_report_recomputes_localisation_when_the_checkpoints_changed_or_the_cache_is_damaged(tmp_path):
+    """A report made mid-training once left its CAM scores for good; an empty cache raised pandas' traceback."""
+    recipe = small_recipe(tmp_path, methods="[vanilla, ccm]")
+    assert run_cli("compare", str(recipe), "epochs=2").returncode == 0
+    run = next((tmp_path / "runs").iterdir())
+    first = pd.read_csv(run / "localisation.csv").set_index("method")
+    assert first["checkpoint"].str.fullmatch("[0-9a-f]{64}").all()
+    # the students' checkpoints change (as a resumed run's do): swap them, so each one's scores must move with it
+    vanilla, ccm = (run / f"{m}-s0" / "checkpoints" / "last.pt" for m in ("vanilla", "ccm"))
+    vanilla_bytes = vanilla.read_bytes()
+    vanilla.write_bytes(ccm.read_bytes())
+    ccm.write_bytes(vanilla_bytes)
+    result = run_cli("report", str(run))
+    assert result.returncode == 0, result.stderr
+    second = pd.read_csv(run / "localisation.csv").set_index("method")
+    for column in ("loc_energy", "loc_pointing"):
+        assert second.loc["vanilla", column] == first.loc["ccm", column]
+        assert second.loc["ccm", column] == first.loc["vanilla", column]
+    table = pd.read_csv(run / "report" / "table.csv").set_index("method")
+    assert table.loc["vanilla", "loc_energy"] == pytest.approx(first.loc["ccm", "loc_energy"])
+    # a damaged cache (empty, or cut) is computed again, never a traceback
+    for damaged in ("", "method,seed,loc_en"):
+        (run / "localisation.csv").write_text(damaged)
+        result = run_cli("report", str(run))
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+        assert pd.read_csv(run / "localisation.csv").set_index("method")["checkpoint"].equals(second["checkpoint"])

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from kd.cam import box_scores, caam, cam
-from kd.engine.checkpoint import load_weights, read_checkpoint, state_dict_of
+from kd.engine.checkpoint import load_weights
 from kd.engine.device import resolve_hardware
 from kd.engine.rundir import RunDir
 from kd.errors import KDError
@@ -45,7 +45,7 @@ class SavedRun:
                 if not path.is_file():
                     continue
                 model = create_model(self.recipe.student, self.data.num_classes)
-                model.load_state_dict(state_dict_of(read_checkpoint(path), path))
+                load_weights(model, path, "student", self.recipe.student, self.data.num_classes)
                 yield label, seed, model.to(self.hw.device).eval()
 
     def normalised(self, images: torch.Tensor) -> torch.Tensor:
@@ -69,20 +69,63 @@ def maps_of(model, images: torch.Tensor, classes: torch.Tensor) -> tuple[torch.T
 
 
 def localisation(run_dir: Path, batch: int = 500) -> pd.DataFrame | None:
-    """Scores of the teacher and every student, written to <run>/localisation.csv; None without boxes."""
+    """Scores of the teacher and every student, written to <run>/localisation.csv; None without boxes. Each row
+    names the checkpoint it was computed from (`checkpoint`: its sha256), so that a later report knows when the
+    file is stale (localisation_cache). A model without an exact CAM gets a row without scores."""
+    import io
+
+    from kd.engine.checkpoint import write_atomic
+
     run = SavedRun(run_dir)
     test = run.data.test
     if test.boxes is None:
         return None
+    digests = checkpoint_digests(run_dir)
     models = ([("teacher", 0, run.teacher)] if run.teacher is not None else []) + list(run.students())
     rows = []
     for label, seed, model in models:
-        scores = box_localisation(model, run.data, run.hw.device, batch)
-        if scores is not None:
-            rows.append({"method": label, "seed": seed, **scores})
-    table = pd.DataFrame(rows)
-    table.to_csv(run.run.localisation_file, index=False)
+        scores = box_localisation(model, run.data, run.hw.device, batch) or {"loc_energy": None, "loc_pointing": None}
+        rows.append({"method": label, "seed": seed, **scores, "checkpoint": digests[(label, seed)]})
+    table = pd.DataFrame(rows, columns=["method", "seed", "loc_energy", "loc_pointing", "checkpoint"])
+    text = io.StringIO()
+    table.to_csv(text, index=False)
+    write_atomic(run.run.localisation_file, text.getvalue().encode())  # whole or not at all
     return table
+
+
+def checkpoint_digests(run_dir: Path) -> dict[tuple[str, int], str]:
+    """{(method, seed): sha256 of its checkpoint} for the models a localisation of the run scores now: the teacher
+    (as ("teacher", 0), when its checkpoint is here) and every student with a last checkpoint."""
+    from kd.data.archive import sha256
+
+    run = RunDir(run_dir)
+    recipe = run.recipe()
+    digests = {}
+    if recipe.teacher and recipe.teacher_checkpoint and Path(recipe.teacher_checkpoint).is_file():
+        digests[("teacher", 0)] = sha256(Path(recipe.teacher_checkpoint))
+    for label in recipe.methods:
+        for seed in recipe.seeds:
+            path = run.student(label, seed).last_checkpoint
+            if path.is_file():
+                digests[(label, seed)] = sha256(path)
+    return digests
+
+
+def localisation_cache(run_dir: Path) -> pd.DataFrame | None:
+    """<run>/localisation.csv when it was computed from exactly the checkpoints the run holds now; None when it
+    is missing, unreadable, empty, from another kd version, or stale (a checkpoint changed since: a report made
+    mid-training, a resumed run), so that the caller computes the scores again."""
+    saved = RunDir(run_dir).localisation_file
+    if not saved.is_file():
+        return None
+    try:
+        frame = pd.read_csv(saved)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError):
+        return None
+    if not {"method", "seed", "loc_energy", "loc_pointing", "checkpoint"} <= set(frame.columns):
+        return None
+    cached = {(str(m), int(s)): str(c) for m, s, c in zip(frame["method"], frame["seed"], frame["checkpoint"])}
+    return frame if cached == checkpoint_digests(run_dir) else None
 
 
 def box_localisation(model, data, device, batch: int = 500) -> dict | None:
@@ -178,15 +221,25 @@ def localisation_columns(run_dirs) -> pd.DataFrame | None:
     """Mean localisation scores per method over the given runs (computing missing ones), or None."""
     frames = []
     for run_dir in run_dirs:
-        saved = RunDir(run_dir).localisation_file
-        if not saved.is_file() and not has_student_checkpoints(run_dir):
-            continue  # an archived run without its checkpoints: nothing to score
-        try:
-            frame = pd.read_csv(saved) if saved.is_file() else localisation(run_dir)
-        except KDError:
-            frame = None  # e.g. the data set is not on this machine: the table is made without the scores
+        if not has_student_checkpoints(run_dir):
+            frame = archived_scores(run_dir)  # an archived run without its checkpoints: its scores as archived
+        else:
+            try:
+                frame = localisation_cache(run_dir)
+                if frame is None:
+                    frame = localisation(run_dir)
+            except KDError:
+                frame = None  # e.g. the data set is not on this machine: the table is made without the scores
         if frame is not None and len(frame):
             frames.append(frame)
     if not frames:
         return None
     return pd.concat(frames).groupby("method", sort=False)[["loc_energy", "loc_pointing"]].mean().reset_index()
+
+
+def archived_scores(run_dir: Path) -> pd.DataFrame | None:
+    """The localisation.csv an archive kept (its checkpoints were left out, so it cannot be checked or redone)."""
+    try:
+        return pd.read_csv(RunDir(run_dir).localisation_file)
+    except (FileNotFoundError, pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
+        return None
