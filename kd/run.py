@@ -157,10 +157,40 @@ def load_inputs(recipe: Recipe, console=None, ctx: Distributed = Distributed()):
     data = load_data(recipe.dataset, recipe.data_options(), recipe.data_root, recipe.download, recipe.subset_per_class,
                      recipe.val_split)
     teacher = build_teacher(recipe, data.num_classes, hw, console)
+    student = create_model(recipe.student, data.num_classes)
+    for role, model in (("student", student), ("teacher", teacher)):
+        if model is not None:
+            check_input_size(model, role, getattr(recipe, role), data.spec, recipe)
     for method in recipe.methods:  # a method that refuses the pair (e.g. CAM on a non-GAP head) says so now
-        method_class(method).check_models(create_model(recipe.student, data.num_classes), teacher,
-                                          recipe.method_options(method), data.spec)
+        method_class(method).check_models(student, teacher, recipe.method_options(method), data.spec)
     return hw, data, teacher
+
+
+def check_input_size(model, role: str, name: str, spec: DataSpec, recipe: Recipe) -> None:
+    """One line, before anything is written, for a model that cannot take the data set's images (a ViT built for
+    224x224 on 32x32 images fails deep inside timm otherwise): a forward of two blank images of the data's size."""
+    import dataclasses
+
+    from kd.data import DATASETS
+
+    height, width = spec.image_size
+    device = next(model.parameters()).device
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(2, 3, height, width, device=device))
+    except Exception as err:  # timm asserts, torch raises RuntimeError: any failure here is the size's
+        inner = getattr(model, "model", model)
+        needs = (getattr(inner, "pretrained_cfg", None) or getattr(inner, "default_cfg", None) or {}).get("input_size")
+        needed = f"it is built for {needs[-2]}x{needs[-1]} images" if needs else f"it fails on them ({err})"
+        keys = {f.name for f in dataclasses.fields(DATASETS.get(recipe.dataset).Options)}
+        fix = (f"set {recipe.dataset}: {{image_size: {needs[-1] if needs else 'N'}}} in the recipe, or choose a "
+               f"{role} that takes {height}x{width} images" if "image_size" in keys else
+               f"choose a {role} that takes {height}x{width} images (the {recipe.dataset} images have no other size)")
+        raise KDError(f"{recipe.source or 'recipe'}: the {role} '{name}' cannot take the {recipe.dataset} images "
+                      f"of {height}x{width}: {needed}; {fix}") from None
+    finally:
+        model.train(was_training)
 
 
 def eval_loaders(data, recipe: Recipe, hw: Hardware, ctx: Distributed) -> dict:

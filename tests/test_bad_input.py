@@ -37,6 +37,10 @@ def workspace(tmp_path):
     (tmp_path / "done" / "recipe.yaml").write_text("name: done\nmethods: [kd]\n")
     (tmp_path / "done" / "kd-s0" / "metrics.csv").write_text(
         "epoch,lr,loss,train_top1,images_per_s,seconds,test_top1,test_top5\n1,0.1,1.0,50,100,1,40,90\n")
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (tmp_path / "cifar32" / split / c).mkdir(parents=True)
+            Image.new("RGB", (32, 32)).save(tmp_path / "cifar32" / split / c / "0.png")
     (tmp_path / "empty" / "train").mkdir(parents=True)
     (tmp_path / "empty" / "test").mkdir(parents=True)
     (tmp_path / "ok.yaml").write_text(f"""name: ok
@@ -130,6 +134,13 @@ CASES = [
     (["report", "{t}/ok.yaml"], ["report: ", "ok.yaml is a file, not a run directory"]),
     (["compare", "{t}/ok.yaml", "--resume", "{t}/done"], ["compare takes no --resume", "resumes an interrupted"]),
     (["{t}/ok.yaml", "dataset=cifar10", "data_root={t}/notckpt.pt"], ["cifar10: data_root", "is a file"]),
+    # a model built for another input size fails at once, not deep inside timm after the run started
+    (["{t}/ok.yaml", "student=timm:vit_tiny_patch16_224"],
+     ["ok.yaml: the student 'timm:vit_tiny_patch16_224' cannot take the shapes images of 32x32",
+      "it is built for 224x224 images", "set shapes: {image_size: 224} in the recipe"]),
+    (["{t}/ok.yaml", "student=timm:vit_tiny_patch16_224", "methods=[vanilla]", "dataset=cifar10",
+      "data_root={t}/cifar32"], ["the student 'timm:vit_tiny_patch16_224' cannot take the cifar10 images",
+                                "(the cifar10 images have no other size)"]),
 ]
 
 
