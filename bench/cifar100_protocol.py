@@ -100,7 +100,7 @@ def log_epoch(epoch: int, sitting: str, when: str | None = None) -> None:
 def machine() -> str:
     import torch
 
-    from kd.throughput import cpu_name
+    from kd.engine.device import cpu_name
 
     return f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
 

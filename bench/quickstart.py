@@ -14,7 +14,6 @@ step 1 and put back afterwards.
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -26,16 +25,6 @@ from run_cli import kd as timed
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "results" / "quickstart"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
@@ -56,6 +45,7 @@ def main() -> None:
     shared = timed("compare", "recipes/quickstart.yaml", f"output_dir={work / 'shared'}")
     sequential = timed("compare", "recipes/quickstart.yaml", "shared_teacher=false", f"output_dir={work / 'sequential'}")
 
+    from kd.engine.device import cpu_name
     from kd.engine.rundir import RunDir
 
     OUT.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import torch
 
 from kd.data import DataSpec, load_data
 from kd.engine.checkpoint import load_weights
-from kd.engine.device import Hardware, resolve_hardware
+from kd.engine.device import Hardware, machine, resolve_hardware
 from kd.engine.distributed import Distributed, barrier, broadcast, init_distributed, wrap_ddp
 from kd.engine.evaluation import evaluate
 from kd.engine.optim import make_optimizer, make_scheduler
@@ -145,7 +145,8 @@ def build_trainee(recipe: Recipe, method: str, seed: int, teacher, spec: DataSpe
     scaler = torch.amp.GradScaler(hw.device.type) if hw.use_scaler else None
     files = run.student(method, seed)
     scalars = TensorBoardLog(files.tensorboard_dir) if "tensorboard" in recipe.log else None
-    return Trainee(files.path.name, wrap_ddp(distiller, hw, ctx), optimizer, scheduler, files, scaler, scalars=scalars)
+    return Trainee(files.path.name, wrap_ddp(distiller, hw, ctx), optimizer, scheduler, files, scaler, scalars=scalars,
+                   machine=machine(hw))
 
 
 def load_inputs(recipe: Recipe, console=None, ctx: Distributed = Distributed()):
@@ -258,18 +259,22 @@ def train_students(recipe: Recipe, run: RunDir, hw, data, teacher, ctx: Distribu
         raise KDError(f"each of the {ctx.world_size} processes would train on batches of {per_rank_batch} of "
                       f"{len(data.train) // ctx.world_size} images, but batch normalisation needs at least 2 per "
                       f"batch; raise batch_size (it is the global batch) or use more training images")
-    done = []
+    done, warned = [], set()
     for group in groups:
         seed = group[0][1]
         train_loader = data.loader("train", per_rank_batch, hw.device, seed, ctx.rank, ctx.world_size,
                                    hw.channels_last)
         trainees = [build_trainee(recipe, m, s, teacher, data.spec, hw, run, ctx) for m, s in group]
+        elsewhere = set()
         for trainee in trainees:
             state = trainee.files.last_state()
             if state is not None:
                 trainee.restore(state)
+                elsewhere.add(state.get("machine") or "")
             elif resuming and ctx.is_main:
                 trainee.metrics.replace([])  # no checkpoint yet: the rows an interrupted epoch left are redone
+        warn_if_elsewhere(elsewhere - {"", machine(hw)} - warned, machine(hw), console)
+        warned |= elsewhere
         Trainer(trainees, passes, train_loader, evals, hw, recipe.epochs, recipe.checkpoint_every,
                 is_main=ctx.is_main, console=console).fit(progress=progress)
         done += [(m, s, trainee) for (m, s), trainee in zip(group, trainees)]
@@ -278,6 +283,15 @@ def train_students(recipe: Recipe, run: RunDir, hw, data, teacher, ctx: Distribu
         run.write_summary(rows)
     barrier()
     return RunResult(run, teacher_top1, rows, ctx.is_main)
+
+
+def warn_if_elsewhere(before: set[str], now: str, console) -> None:
+    """A resume is exact only with the same device, thread count, torch and precision: say so when they differ."""
+    if before and console is not None:
+        console.print(f"[yellow]warning:[/] resuming on other hardware or settings than the checkpoints were written "
+                      f"with ({'; '.join(sorted(before))}; now: {now}): the run continues, but its numbers will "
+                      f"differ from an uninterrupted run's at rounding level and beyond (resume is exact with the same "
+                      f"device, thread count, torch and precision)")
 
 
 def check_same_recipe(run: RunDir, recipe: Recipe) -> None:

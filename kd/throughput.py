@@ -11,7 +11,6 @@ alike; each figure is the median over rounds.
 """
 from __future__ import annotations
 
-import platform
 import statistics
 import tempfile
 import time
@@ -19,24 +18,10 @@ from pathlib import Path
 
 import torch
 
+from kd.engine.device import machine
 from kd.engine.trainer import sync, teacher_pass, train_step
 from kd.recipe import method_class
 from kd.models import create_model
-
-
-def machine(hw) -> str:
-    if hw.device.type == "cuda":
-        return f"{torch.cuda.get_device_name(hw.device)}, torch {torch.__version__}, {hw.describe()}"
-    return f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {hw.describe()}"
-
-
-def cpu_name() -> str:
-    """The CPU's model name (/proc/cpuinfo), else what platform says."""
-    try:
-        return next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                    if l.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "CPU"
 
 
 def bench_pair(recipe, steps: int = 10, rounds: int = 5, warmup: int = 3, console=None) -> dict:

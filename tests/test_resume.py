@@ -97,3 +97,32 @@ def test_a_non_finite_loss_stops_the_run_naming_term_epoch_and_step(tmp_path):
     run_dir = next((tmp_path / "runs").iterdir())
     assert torch.load(run_dir / "exploding-s0" / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
     assert len(rows(run_dir / "exploding-s0" / "metrics.csv")) == 1
+
+
+def test_a_resume_with_another_thread_count_says_it_will_not_be_exact(tmp_path):
+    """Resumed at 1 thread, a run checkpointed at 2 differs from an uninterrupted one at rounding level: the
+    checkpoints record what they were computed with, and a resume elsewhere says so in one warning."""
+    recipe = small_recipe(tmp_path, methods="[vanilla, kd]")
+    two = {**os.environ, "OMP_NUM_THREADS": "2"}
+    env = {**two, "PYTHONPATH": str(ROOT), "COLUMNS": "300"}
+    done = subprocess.run([sys.executable, str(ROOT / "run_kd.py"), str(recipe), "epochs=2"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    run_dir = next((tmp_path / "runs").iterdir())
+    state = torch.load(run_dir / "kd-s0" / "checkpoints" / "last.pt", weights_only=True)
+    assert "2 threads" in state["machine"] and "torch " in state["machine"]
+
+    def back_to_epoch_1_and_resume(threads):
+        for label in ("vanilla-s0", "kd-s0"):
+            checkpoints = run_dir / label / "checkpoints"
+            (checkpoints / "last.pt").write_bytes((checkpoints / "last.pt.prev").read_bytes())
+        return subprocess.run([sys.executable, str(ROOT / "run_kd.py"), "--resume", str(run_dir)],
+                              env={**env, "OMP_NUM_THREADS": threads}, capture_output=True, text=True, timeout=600)
+
+    same = back_to_epoch_1_and_resume("2")
+    assert same.returncode == 0 and "warning: resuming on other hardware" not in same.stdout, same.stdout
+    other = back_to_epoch_1_and_resume("1")
+    assert other.returncode == 0, other.stderr
+    out = " ".join(other.stdout.split())
+    assert out.count("warning: resuming on other hardware") == 1, out
+    assert "2 threads" in out and "now: " in out and "1 threads" in out, out

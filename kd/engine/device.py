@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -109,3 +111,20 @@ def resolve_hardware(device_name: str, precision: str, channels_last: bool | Non
         dtype = torch.float16
     # channels_last measured faster on both: 25-50 % for the CIFAR resnets on a 2-core CPU (results/bench/)
     return Hardware(device, dtype, True if channels_last is None else channels_last, dtype is torch.float16)
+
+
+def machine(hw) -> str:
+    """The device, thread count, torch version and precision a run computes with: what must not change for a
+    resumed run to continue exactly as an uninterrupted one (and what a benchmark names)."""
+    if hw.device.type == "cuda":
+        return f"{torch.cuda.get_device_name(hw.device)}, torch {torch.__version__}, {hw.describe()}"
+    return f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {hw.describe()}"
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform says."""
+    try:
+        return next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                    if l.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "CPU"

@@ -30,6 +30,7 @@ class Trainee:
     best_top1: float = -1.0
     history: list[dict] = field(default_factory=list)
     done_epochs: int = 0  # epochs finished (more than 0 after a resume)
+    machine: str = ""  # what it computes with (kd.engine.device.machine): a resume elsewhere is not bit-exact
 
     def __post_init__(self):
         self.metrics = MetricsFile(self.files.metrics_file)
@@ -52,7 +53,7 @@ class Trainee:
                 "epoch": self.done_epochs, "distiller": unwrap(self.distiller).state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "best_top1": self.best_top1, "history": self.history, "rng": rng_state()}
+                "best_top1": self.best_top1, "history": self.history, "rng": rng_state(), "machine": self.machine}
 
     def restore(self, state: dict) -> None:
         unwrap(self.distiller).load_state_dict(state["distiller"])
