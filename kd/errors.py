@@ -18,3 +18,8 @@ class WriteFailed(KDError):
     def __init__(self, problem: str, advice: str):
         super().__init__(f"{problem}; {advice}")
         self.problem = problem
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's text on one line (tarfile's and others' can span several)."""
+    return " ".join(str(err).split()) or type(err).__name__

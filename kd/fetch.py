@@ -7,6 +7,7 @@ Every failure is a FetchError whose text is a short reason (an HTTP status, the 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -15,7 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from kd.errors import KDError
+from kd.errors import KDError, one_line
 
 CHUNK = 1 << 20
 
@@ -65,9 +66,10 @@ def fetch(url: str, progress=None) -> Path:
     except urllib.error.URLError as err:
         raise FetchError(f"no connection: {err.reason}") from None
     except (OSError, http.client.HTTPException, ValueError) as err:  # timeouts, resets, a malformed URL
-        raise FetchError(f"{type(err).__name__}: {err}") from None
+        raise FetchError(f"{type(err).__name__}: {one_line(err)}") from None
     finally:
-        part.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a cache that cannot hold the part file: the error above says why
+            part.unlink(missing_ok=True)
         if task is not None:
             progress.remove_task(task)
     return target
@@ -86,4 +88,4 @@ def tar_member(archive: Path, member: str) -> bytes:
                 raise FetchError(f"{member} in the archive is not a file")
             return handle.read()
     except (tarfile.TarError, EOFError, OSError) as err:
-        raise FetchError(f"not a readable tar archive ({err}); the download may be truncated") from None
+        raise FetchError(f"not a readable tar archive ({one_line(err)}); the download may be truncated") from None

@@ -62,6 +62,14 @@ class Pair:
 
 def all_pairs() -> dict[str, Pair]:
     pairs_file = home.find(home.PAIRS)
+    if not pairs_file.is_file():
+        import os
+
+        where = (f"$KD_HOME is {os.environ['KD_HOME']}, which holds no {home.PAIRS}; point KD_HOME at a folder "
+                 f"with {home.PAIRS} and recipes/ (a kd checkout), or unset it" if os.environ.get("KD_HOME") else
+                 f"kd's home {home.home()} holds no {home.PAIRS} and no copy was packaged with kd; run kd from its "
+                 f"checkout, or set KD_HOME to one")
+        raise KDError(f"the pair registry {pairs_file} does not exist: {where}")
     data, lines = load_mapping(pairs_file, "pair registry")
     pairs = {}
     for name, entry in data.items():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from pathlib import Path
 
 import torch
@@ -95,15 +96,16 @@ def from_urls(pair: Pair, num_classes: int, progress) -> tuple[bytes, dict, str]
     failures = []
     for url in pair.teacher_urls:
         where = f"{url}:{pair.teacher_member}" if is_tar(url) and pair.teacher_member else url
-        downloaded = None
+        downloaded, was_there = None, cached_path(url).is_file()
         try:
             downloaded = fetch(url, progress)
             return (*checkpoint_of(pair, url, downloaded, num_classes), url)
         except KDError as err:
-            if downloaded is not None:  # it downloaded but holds no usable checkpoint: the next try fetches anew
-                downloaded.unlink(missing_ok=True)
             reason = str(err) if isinstance(err, FetchError) else str(err).replace(f"{where} ", "")
-            failures.append(f"{url} ({reason.split('; ')[0]})")
+            reason = reason.split('; ')[0]
+            if downloaded is not None:  # it holds no usable checkpoint: the next try must not take it again
+                reason += set_aside(downloaded, was_there)
+            failures.append(f"{url} ({reason})")
     first = pair.teacher_urls[0]
     by_hand = (f"download it by hand, take {pair.teacher_member} out of the archive and put it at "
                f"{pair.checkpoint_path} (or put the archive itself at {cached_path(first)})"
@@ -111,6 +113,21 @@ def from_urls(pair: Pair, num_classes: int, progress) -> tuple[bytes, dict, str]
     raise KDError(f"could not download the teacher of pair '{pair.name}' ({pair.teacher}): tried "
                   f"{'; '.join(failures)}; {by_hand}, then run this command again (or give the downloaded file "
                   f"with --from FILE)")
+
+
+def set_aside(file: Path, was_there: bool) -> str:
+    """Remove a cached file that holds no usable checkpoint when this command downloaded it; one that was in the
+    cache before (put there by hand, say) is never deleted: it is renamed to <name>.rejected. What was done, for
+    the failure's message."""
+    if not was_there:
+        file.unlink(missing_ok=True)
+        return ""
+    aside = file.with_name(file.name + ".rejected")
+    try:
+        os.replace(file, aside)
+    except OSError:
+        return f"; the file in the download cache is left at {file}"
+    return f"; the file that was in the download cache is moved aside to {aside}"
 
 
 def from_file(pair: Pair, local: Path, num_classes: int) -> tuple[bytes, dict, str]:

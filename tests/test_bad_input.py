@@ -173,3 +173,12 @@ def test_deterministic_runs_give_identical_metrics(workspace):
     (a,), (b,) = list((workspace / "a").iterdir()), list((workspace / "b").iterdir())
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("images_per_s", "seconds")} for r in rows]  # noqa: E731
     assert strip(csv.DictReader(open(a / "kd-s0" / "metrics.csv"))) == strip(csv.DictReader(open(b / "kd-s0" / "metrics.csv")))
+
+
+def test_a_kd_home_without_a_pair_registry_names_kd_home(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("KD_HOME", str(tmp_path))
+    for args in (["list", "pairs"], ["teacher", "quickstart"]):
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f"$KD_HOME is {tmp_path}, which holds no teachers/pairs.yaml" in err, err
+        assert "run_kd.py list" not in err  # it would fail the same way

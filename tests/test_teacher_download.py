@@ -291,3 +291,40 @@ def test_a_download_whose_published_digest_differs_is_refused(world, capsys):
     assert main(["teacher", "other-digest", "--download"]) == 2
     one_line(capsys, "could not download the teacher of pair 'other-digest'", "not the published direct.pth's")
     nothing_left(world, "other-digest")
+
+
+def test_a_full_disk_while_saving_a_download_says_to_run_the_command_again_not_to_resume(world, capsys, monkeypatch):
+    import kd.engine.checkpoint as checkpoint
+    from test_faults import FullDisk
+
+    monkeypatch.setattr(checkpoint, "open", FullDisk("direct.pth.tmp", nth=1), raising=False)
+    assert main(["teacher", "direct", "--download"]) == 2
+    line = one_line(capsys, "no space left on the disk of", "direct.pth", "run the command again")
+    assert "resume" not in line
+    assert not any(saved(world, "direct").parent.glob("direct.pth*"))
+
+
+def test_a_damaged_file_a_user_put_in_the_cache_is_moved_aside_never_deleted(world, capsys):
+    from kd.fetch import cached_path
+
+    url = f"{world['server'].url}/cifar_teachers.tar"
+    cached = cached_path(url)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"a half-copied archive")
+    assert main(["teacher", "r8", "--download"]) == 2
+    one_line(capsys, "could not download the teacher of pair 'r8'", "not a readable tar archive",
+             f"the file that was in the download cache is moved aside to {cached}.rejected")
+    assert (cached.parent / f"{cached.name}.rejected").read_bytes() == b"a half-copied archive"
+    assert world["server"].requests == {}  # the cached file was taken as the download
+    assert main(["teacher", "r8", "--download"]) == 0  # the next try downloads afresh
+    assert saved(world, "r8").read_bytes() == world["r8"]
+
+
+def test_a_download_cache_that_is_a_file_names_the_real_failure_and_where_to_put_the_file(world, capsys, monkeypatch,
+                                                                                          tmp_path):
+    (tmp_path / "not-a-folder").write_text("x")
+    monkeypatch.setenv("KD_DOWNLOADS", str(tmp_path / "not-a-folder"))
+    assert main(["teacher", "r8", "--download"]) == 2
+    line = one_line(capsys, f"{world['server'].url}/cifar_teachers.tar (", "FileExistsError",
+                    f"take {MEMBER.format('resnet8')} out of the archive and put it at {saved(world, 'r8')}")
+    assert "part-" not in line  # the failed cleanup of the part file does not replace the real error

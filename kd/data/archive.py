@@ -15,7 +15,7 @@ import tarfile
 import zlib
 from pathlib import Path
 
-from kd.errors import KDError
+from kd.errors import KDError, one_line
 
 # sha256 of the copies in ../shared/data (see its README): CIFAR-10 as JPEG, CIFAR-100 as JPEG and lossless PNG
 KNOWN_SHA256 = {
@@ -77,11 +77,6 @@ def unpacked(root: str) -> Path:
         raise KDError(f"cannot unpack {archive} into {data_cache()} ({one_line(err)}); check the archive and the free "
                       f"space there (set $KD_DATA to use another folder)") from None
     return data_top(target)
-
-
-def one_line(err: BaseException) -> str:
-    """An exception's text on one line (tarfile's can span several)."""
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 def data_top(folder: Path) -> Path:

@@ -13,19 +13,24 @@ from torch import nn
 from kd.errors import KDError, WriteFailed
 
 
-def save_atomic(obj, path: str | Path, keep_previous: bool = False) -> None:
+RESUME_ADVICE = "the last good files are kept: free some space, then resume the run (run_kd.py --resume RUN_DIR)"
+AGAIN_ADVICE = "nothing was replaced: free some space, then run the command again"
+
+
+def save_atomic(obj, path: str | Path, keep_previous: bool = False, advice: str = AGAIN_ADVICE) -> None:
     """torch.save `obj` to `path` atomically (see write_atomic)."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    write_atomic(path, buffer.getbuffer(), keep_previous)
+    write_atomic(path, buffer.getbuffer(), keep_previous, advice)
 
 
-def write_atomic(path: str | Path, data, keep_previous: bool = False) -> None:
+def write_atomic(path: str | Path, data, keep_previous: bool = False, advice: str = AGAIN_ADVICE) -> None:
     """Write to a temporary file, flush and fsync it, then rename: a crash never leaves half a file.
 
     keep_previous: the file being replaced stays as <name>.prev, so that if the new one is ever found
     corrupt, the last good one is still there. A failed write (a full disk, say) removes the temporary
-    file, leaves the old file as it was, and raises one KDError line naming the path and the space needed."""
+    file, leaves the old file as it was, and raises one KDError line naming the path and the space needed, with
+    `advice` for what to do next (a run's checkpoints say: resume it)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -41,9 +46,7 @@ def write_atomic(path: str | Path, data, keep_previous: bool = False) -> None:
     except OSError as err:
         tmp.unlink(missing_ok=True)
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise WriteFailed(f"no space left on the disk of {path} ({byte_size(len(data))} needed)",
-                              "the last good files are kept: free some space, then resume the run "
-                              "(run_kd.py --resume RUN_DIR)") from None
+            raise WriteFailed(f"no space left on the disk of {path} ({byte_size(len(data))} needed)", advice) from None
         raise KDError(f"cannot write {path} ({err.strerror or err}); check that the folder is writable") from None
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from kd.engine.checkpoint import previous, read_checkpoint, write_atomic
+from kd.engine.checkpoint import RESUME_ADVICE, previous, read_checkpoint, write_atomic
 from kd.errors import KDError, WriteFailed
 
 RECIPE = "recipe.yaml"
@@ -245,7 +245,7 @@ class RunDir:
         writer = csv.DictWriter(text, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-        write_atomic(self.summary_file, text.getvalue().encode())
+        write_atomic(self.summary_file, text.getvalue().encode(), advice=RESUME_ADVICE)
 
     def summary_rows(self) -> list[dict]:
         if not self.summary_file.is_file():
@@ -360,7 +360,7 @@ class MetricsFile:
         writer = csv.DictWriter(text, fieldnames=self.columns, restval="")
         writer.writeheader()
         writer.writerows(rows)
-        write_atomic(self.path, text.getvalue().encode())
+        write_atomic(self.path, text.getvalue().encode(), advice=RESUME_ADVICE)
 
     def rows(self) -> list[dict]:
         if not self.path.exists():

@@ -12,7 +12,7 @@ import time
 import torch
 from torch import nn
 
-from kd.engine.checkpoint import save_atomic
+from kd.engine.checkpoint import RESUME_ADVICE, save_atomic
 from kd.engine.console import epoch_line
 from kd.engine.device import Hardware
 from kd.engine.evaluation import all_reduce_sum, evaluate
@@ -169,9 +169,10 @@ class Trainer:
             m.best_top1 = row[self.selection]
             save_atomic({"model": m.student.state_dict(), "arch": getattr(m.student, "arch_name", None),
                          "epoch": epoch, "test_top1": row["test_top1"], "selected_on": self.selection},
-                        m.files.best_checkpoint)
+                        m.files.best_checkpoint, advice=RESUME_ADVICE)
         if epoch % self.checkpoint_every == 0 or epoch == self.epochs:
-            save_atomic({**m.state(), "test_top1": row["test_top1"]}, m.files.last_checkpoint, keep_previous=True)
+            save_atomic({**m.state(), "test_top1": row["test_top1"]}, m.files.last_checkpoint, keep_previous=True,
+                        advice=RESUME_ADVICE)
         m.metrics.append(row)
         if m.scalars is not None:
             m.scalars.add(row)
