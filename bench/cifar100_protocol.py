@@ -183,13 +183,8 @@ def status() -> str:
 def running(run: Path) -> bool:
     """Whether a process trains in the run directory now (it holds the run's lock)."""
     from kd.engine.rundir import RunDir
-    from kd.errors import KDError
 
-    try:
-        with RunDir(run).lock():
-            return False
-    except KDError:
-        return True
+    return RunDir(run).in_use() is not None
 
 
 def commit_state(wait_s: float = 3600) -> str:

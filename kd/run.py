@@ -157,6 +157,12 @@ def load_inputs(recipe: Recipe, console=None, ctx: Distributed = Distributed()):
     hw = resolve_hardware(recipe.device, recipe.precision, recipe.channels_last, recipe.deterministic, ctx.local_rank)
     data = load_data(recipe.dataset, recipe.data_options(), recipe.data_root, recipe.download, recipe.subset_per_class,
                      recipe.val_split)
+    height, width = data.spec.image_size
+    if min(height, width) < SMALLEST_SIDE and console is not None:
+        console.print(f"[yellow]warning:[/] the {recipe.dataset} images are {height}x{width} pixels, smaller than "
+                      f"any data set kd is tested with ({SMALLEST_SIDE}x{SMALLEST_SIDE} at least): a network sees "
+                      f"next to nothing in them; check data_root, or resize them (e.g. {recipe.dataset}: "
+                      f"{{image_size: 32}} where the data set has that option)")
     teacher = build_teacher(recipe, data.num_classes, hw, console)
     student = create_model(recipe.student, data.num_classes)
     for role, model in (("student", student), ("teacher", teacher)):
@@ -165,6 +171,9 @@ def load_inputs(recipe: Recipe, console=None, ctx: Distributed = Distributed()):
     for method in recipe.methods:  # a method that refuses the pair (e.g. CAM on a non-GAP head) says so now
         method_class(method).check_models(student, teacher, recipe.method_options(method), data.spec)
     return hw, data, teacher
+
+
+SMALLEST_SIDE = 8  # the least image side kd's data set options accept (synthetic, imagefolder's image_size)
 
 
 def check_input_size(model, role: str, name: str, spec: DataSpec, recipe: Recipe) -> None:

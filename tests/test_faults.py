@@ -272,3 +272,29 @@ def test_report_skips_a_student_whose_metrics_hold_only_the_header(tmp_path, cap
     from kd.report.tables import load_metrics
 
     assert load_metrics([run])["method"].tolist() == ["kd"]
+
+
+def test_an_evaluation_that_diverges_is_said(tmp_path, capsys, monkeypatch):
+    """The NaN guard watches the training terms; a student whose evaluated loss is not finite is named too."""
+    import kd.engine.trainer as trainer
+
+    real = trainer.evaluate
+
+    def exploding(model, loader, hw, prefix="test"):
+        return {**real(model, loader, hw, prefix), f"{prefix}_loss": float("nan")}
+
+    monkeypatch.setattr(trainer, "evaluate", exploding)
+    recipe = small_recipe(tmp_path, methods="[vanilla]")
+    assert main([str(recipe), "epochs=1"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "warning: vanilla-s0 epoch 1: the evaluation gives a non-finite test_loss (nan)" in out, out
+
+
+def test_a_folder_of_1x1_images_trains_with_a_warning_that_names_their_size(tmp_path, capsys):
+    make_folder(tmp_path / "tiny", size=1)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"dataset: imagefolder\ndata_root: {tmp_path / 'tiny'}\nstudent: resnet8\nmethods: [vanilla]\n"
+                      f"epochs: 1\nbatch_size: 2\noutput_dir: {tmp_path / 'runs'}\n")
+    assert main([str(recipe)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "warning: the imagefolder images are 1x1 pixels" in out and "imagefolder: {image_size: 32}" in out, out

@@ -126,3 +126,19 @@ def test_a_resume_with_another_thread_count_says_it_will_not_be_exact(tmp_path):
     out = " ".join(other.stdout.split())
     assert out.count("warning: resuming on other hardware") == 1, out
     assert "2 threads" in out and "now: " in out and "1 threads" in out, out
+
+
+def test_a_run_a_live_process_trains_in_is_not_taken_for_an_interrupted_one(tmp_path):
+    from kd.engine.rundir import RunDir
+
+    recipe = small_recipe(tmp_path, methods="[vanilla]")
+    assert run_cli(str(recipe), "epochs=1").returncode == 0
+    run = RunDir(next((tmp_path / "runs").iterdir()))
+    run.summary_file.unlink()  # as if it had stopped before its end
+    recipe_yaml = run.recipe_file.read_text()
+    assert RunDir.find_interrupted(tmp_path / "runs", "tiny", recipe_yaml).path == run.path
+    assert run.in_use() is None
+    with run.lock():  # a process training in it now
+        assert "process " in run.in_use()
+        assert RunDir.find_interrupted(tmp_path / "runs", "tiny", recipe_yaml) is None
+    assert run.in_use() is None and RunDir.find_interrupted(tmp_path / "runs", "tiny", recipe_yaml).path == run.path

@@ -135,8 +135,8 @@ class RunDir:
                             reverse=True)
         for saved in candidates:
             run = cls(saved.parent)
-            if not run.finished and not run.recipe_differences(recipe_yaml):
-                return run
+            if not run.finished and not run.recipe_differences(recipe_yaml) and run.in_use() is None:
+                return run  # a run a live process trains in is not interrupted: a new one starts beside it
         return None
 
     @classmethod
@@ -279,6 +279,20 @@ class RunDir:
         return RunDir(destination)
 
     # ---------------------------------------------------------------- the lock
+
+    def in_use(self) -> str | None:
+        """Who trains in this directory now ("process N on HOST, since ..."), or None when no live process holds
+        its lock. Only looks: the lock is taken and released at once, and its file is not changed."""
+        path = self.path / ".lock"
+        if not path.is_file():
+            return None
+        with open(path) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return handle.read().strip() or "another process"
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        return None
 
     def lock(self) -> "RunLock":
         """Held while a process trains in this directory; a second process gets one line naming the first.

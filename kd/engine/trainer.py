@@ -7,6 +7,7 @@ dict a distiller returns and logs every term.
 """
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -153,6 +154,12 @@ class Trainer:
                     self.save(m, row)
                     if self.console is not None:
                         self.console.print(epoch_line(m.label, row, epochs))
+                        diverged = [k for k in row if k.endswith("_loss") and not math.isfinite(row[k])]
+                        if diverged:  # the NaN guard watches the training terms; the evaluation can still blow up
+                            self.console.print(
+                                f"[yellow]warning:[/] {m.label} epoch {epoch + 1}: the evaluation gives a non-finite "
+                                f"{' and '.join(diverged)} ({row[diverged[0]]}): the student's weights have "
+                                f"diverged; a lower lr (or a warm-up) usually helps")
             if self.on_epoch_end is not None:
                 self.on_epoch_end(epoch)
             if progress is not None:
