@@ -294,7 +294,31 @@ def test_a_folder_of_1x1_images_trains_with_a_warning_that_names_their_size(tmp_
     make_folder(tmp_path / "tiny", size=1)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"dataset: imagefolder\ndata_root: {tmp_path / 'tiny'}\nstudent: resnet8\nmethods: [vanilla]\n"
-                      f"epochs: 1\nbatch_size: 2\noutput_dir: {tmp_path / 'runs'}\n")
+                      f"epochs: 1\nbatch_size: 3\nlr: 0.001\nprecision: fp32\noutput_dir: {tmp_path / 'runs'}\n")
     assert main([str(recipe)]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "warning: the imagefolder images are 1x1 pixels" in out and "imagefolder: {image_size: 32}" in out, out
+
+
+def test_a_full_disk_while_writing_a_report_is_one_line_and_leaves_the_folder_as_it_was(tmp_path, capsys, monkeypatch):
+    import kd.report.write as write
+
+    recipe = small_recipe(tmp_path, methods="[vanilla]")
+    assert main([str(recipe), "epochs=1"]) == 0
+    (run,) = list((tmp_path / "runs").iterdir())
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "table.md").write_text("an earlier report\n")
+
+    def full(*args, **kwargs):  # matplotlib's savefig on a full disk
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "curves.png"))
+
+    monkeypatch.setattr(write, "plot_curves", full)
+    capsys.readouterr()
+    assert main(["report", str(run), "--out", str(out)]) == 2
+    one_line(capsys, f"cannot write the report into {out} (No space left on device); nothing there was changed")
+    assert sorted(p.name for p in out.iterdir()) == ["table.md"] and (out / "table.md").read_text() == "an earlier report\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging folder left
+    monkeypatch.undo()
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    assert {"table.md", "table.csv", "curves.png"} <= {p.name for p in out.iterdir()}

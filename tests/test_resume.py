@@ -142,3 +142,25 @@ def test_a_run_a_live_process_trains_in_is_not_taken_for_an_interrupted_one(tmp_
         assert "process " in run.in_use()
         assert RunDir.find_interrupted(tmp_path / "runs", "tiny", recipe_yaml) is None
     assert run.in_use() is None and RunDir.find_interrupted(tmp_path / "runs", "tiny", recipe_yaml).path == run.path
+
+
+@pytest.mark.parametrize("edit", ["student: resnet8", "epochs: 1"])
+def test_a_recipe_edited_by_hand_in_the_run_directory_is_refused_by_resume_and_report(tmp_path, edit):
+    """Changing student: once crashed resume and report with a load_state_dict traceback; changing epochs or lr
+    was silently ignored by the resumed schedule."""
+    recipe = small_recipe(tmp_path, methods="[vanilla]")
+    assert run_cli(str(recipe), "epochs=1").returncode == 0
+    run_dir = next((tmp_path / "runs").iterdir())
+    saved = run_dir / "recipe.yaml"
+    saved.write_text(saved.read_text() + "# a comment changes nothing\n")
+    assert run_cli("report", str(run_dir)).returncode == 0  # layout and comments are not the recipe
+    key = edit.split(":")[0]
+    new = {"student": "student: resnet14", "epochs": "epochs: 2"}[key]
+    text = saved.read_text()
+    assert edit in text
+    saved.write_text(text.replace(edit, new))
+    for args in (["--resume", str(run_dir)], ["report", str(run_dir)]):
+        result = run_cli(*args)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "recipe.yaml was changed after the run started" in lines[0], result.stderr

@@ -2,6 +2,7 @@
 
     <output_dir>/<name>-<YYYYmmdd-HHMMSS>[-N]/
         recipe.yaml                  the fully resolved recipe (loading it again gives the same run)
+        recipe.sha256                its fingerprint: a recipe.yaml edited by hand since is refused
         report/                      the tables and pictures `compare` and `report` write
         summary.csv                  one row per student, written when every student has finished
         <label>-s<seed>/             one folder per student (StudentDir)
@@ -30,6 +31,7 @@ from kd.engine.checkpoint import RESUME_ADVICE, previous, read_checkpoint, write
 from kd.errors import KDError, WriteFailed
 
 RECIPE = "recipe.yaml"
+FINGERPRINT = "recipe.sha256"  # of the recipe a run started with: a recipe.yaml edited since is refused
 SUMMARY = "summary.csv"
 TENSORBOARD = "tensorboard"
 
@@ -206,6 +208,7 @@ class RunDir:
     def write_recipe(self, text: str, note: str = "") -> None:
         """recipe.yaml; `note` becomes a comment line above it (what the run resolved on its machine)."""
         write_atomic(self.recipe_file, ((f"# {note}\n" if note else "") + text).encode())
+        write_atomic(self.path / FINGERPRINT, f"{fingerprint(yaml.safe_load(text))}\n".encode())
 
     @property
     def report_dir(self) -> Path:
@@ -217,6 +220,7 @@ class RunDir:
         recipe describes the run itself), so a resume sets it again through `overrides`."""
         from kd.recipe import load_recipe
 
+        self.recipe_mapping()  # a recipe.yaml edited since the run started is refused before it is used
         return load_recipe(self.recipe_file, ["resume=null", *overrides])
 
     def recipe_mapping(self) -> dict:
@@ -227,6 +231,12 @@ class RunDir:
             raise KDError(f"{self.recipe_file} cannot be read ({err}); the run directory is damaged") from None
         if not isinstance(data, dict):
             raise KDError(f"{self.recipe_file} is not a recipe mapping; the run directory is damaged")
+        saved = self.path / FINGERPRINT
+        if saved.is_file() and saved.read_text().strip() != fingerprint(data):
+            raise KDError(f"{self.recipe_file} was changed after the run started (it no longer matches {saved}): "
+                          f"the checkpoints were trained with the recipe as first written, so neither resume nor "
+                          f"report can use the edited one; put the original back, or train the changed recipe as a "
+                          f"new run")
         return data
 
     def recipe_differences(self, recipe_yaml: str) -> list[str]:
@@ -269,7 +279,7 @@ class RunDir:
         import shutil
 
         destination = Path(destination)
-        for name in (RECIPE, SUMMARY, self.localisation_file.name):
+        for name in (RECIPE, FINGERPRINT, SUMMARY, self.localisation_file.name):
             if (self.path / name).is_file():
                 destination.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(self.path / name, destination / name)
@@ -298,6 +308,14 @@ class RunDir:
         """Held while a process trains in this directory; a second process gets one line naming the first.
         An flock dies with its process, so a crash never leaves a lock that blocks a later resume."""
         return RunLock(self.path / ".lock")
+
+
+def fingerprint(mapping: dict) -> str:
+    """sha256 of a recipe's content (key order, layout and comments aside)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(mapping, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class RunLock:

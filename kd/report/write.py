@@ -1,11 +1,14 @@
 """Write a report folder: table.csv, table.md, curves.png and cams.png, each naming the command that made it."""
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
 
-from kd.errors import KDError
+from kd.errors import KDError, one_line
 from kd.report.plots import plot_curves
 from kd.report.tables import display_table, load_metrics, method_table, to_markdown
 
@@ -13,7 +16,7 @@ from kd.report.tables import display_table, load_metrics, method_table, to_markd
 def write_report(run_dirs, out_dir: Path, command: str, console=None, pictures: bool = True,
                  published: bool = False) -> pd.DataFrame:
     """Rebuild the tables and plots of `run_dirs` into `out_dir` from their saved metrics and checkpoints."""
-    from kd.report.cams import localisation_columns, plot_cams
+    from kd.report.cams import localisation_columns
 
     metrics = load_metrics(run_dirs)
     table = method_table(metrics)
@@ -26,8 +29,40 @@ def write_report(run_dirs, out_dir: Path, command: str, console=None, pictures: 
                               f"the box, pointing game {teacher['loc_pointing'].iloc[0]:.1f} %.")
         table = table.merge(scores[scores["method"] != "teacher"], on="method", how="left")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out_dir / "table.csv", index=False)
+    with staged(out_dir) as stage:
+        title = write_files(stage, metrics, table, scores, teacher_scores, command, console, pictures, run_dirs)
+        beside = write_beside_published(table, metrics.iloc[0], stage, command, console) if published else None
+    if console is not None:
+        print_table(console, display_table(table), f"{title}  ({out_dir / 'table.md'})")
+        if beside is not None:
+            print_table(console, beside, f"ours beside published  ({out_dir / 'published.md'})")
+    return table
+
+
+@contextlib.contextmanager
+def staged(out_dir: Path):
+    """A hidden folder beside `out_dir` that the report is written into, then moved into `out_dir` file by file
+    (renames: no extra space): a full disk or a read-only folder leaves `out_dir` as it was, and one line says so."""
+    stage = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    try:
+        stage.mkdir(parents=True, exist_ok=True)
+        yield stage
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for path in stage.iterdir():
+            os.replace(path, out_dir / path.name)
+    except OSError as err:
+        raise KDError(f"cannot write the report into {out_dir} ({err.strerror or one_line(err)}); nothing there was "
+                      f"changed: free some space or make the folder writable, then run the command again") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def write_files(stage: Path, metrics, table, scores, teacher_scores: str, command: str, console, pictures: bool,
+                run_dirs) -> str:
+    """table.csv, table.md, curves.png and cams.png into `stage`; the table's title."""
+    from kd.report.cams import plot_cams
+
+    table.to_csv(stage / "table.csv", index=False)
     display = display_table(table)
     first = metrics.iloc[0]
     has_teacher = isinstance(first.get("teacher"), str)
@@ -40,40 +75,36 @@ def write_report(run_dirs, out_dir: Path, command: str, console=None, pictures: 
             + (" loc_energy = share (%) of the true-class CAM's positive mass inside the object box, loc_pointing = % of "
                "test images whose CAM maximum lies in the box (last-epoch students, test set)." + teacher_scores
                if scores is not None else "") + "\n")
-    (out_dir / "table.md").write_text(f"# {title}\n\n{note}\n{to_markdown(display)}\n")
-    plot_curves(metrics, out_dir / "curves.png", title)
+    (stage / "table.md").write_text(f"# {title}\n\n{note}\n{to_markdown(display)}\n")
+    plot_curves(metrics, stage / "curves.png", title)
     if pictures:
         try:
-            plot_cams(Path(run_dirs[0]), out_dir / "cams.png")
+            plot_cams(Path(run_dirs[0]), stage / "cams.png")
         except KDError as err:  # the data set is not on this machine: everything else is still written
             if console is not None:
                 console.print(f"[yellow]cams.png skipped:[/] {err}")
-    if console is not None:
-        print_table(console, display, f"{title}  ({out_dir / 'table.md'})")
-    if published:
-        write_beside_published(table, first, out_dir, command, console)
-    return table
+    return title
 
 
-def write_beside_published(table: pd.DataFrame, first, out_dir: Path, command: str, console=None) -> None:
+def write_beside_published(table: pd.DataFrame, first, stage: Path, command: str, console=None) -> pd.DataFrame | None:
+    """published.md into `stage`; the table it holds (None, with a line saying why, where nothing is published)."""
     from kd.report.published import beside_published
 
     if first.get("dataset") != "cifar100":
         if console is not None:
             console.print(f"published numbers are for CIFAR-100; this run used {first.get('dataset')}, so none are set beside it")
-        return
+        return None
     beside = beside_published(table, first.get("teacher"), first["student"])
     if beside is None:
         if console is not None:
             console.print(f"no published CIFAR-100 numbers for {first.get('teacher')} -> {first['student']}")
-        return
+        return None
     shown = beside.assign(**{"published top-1": beside["published top-1"].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}")})
     text = (f"# Ours beside the published CIFAR-100 numbers: {first.get('teacher')} -> {first['student']}\n\n"
             f"Made by `{command}`. Ours: last-epoch test top-1 (%), mean ± std over seeds. Published: as listed in "
             f"results/published.md (CRD benchmark README; DKD README for dkd), not ours.\n\n{to_markdown(shown)}\n")
-    (out_dir / "published.md").write_text(text)
-    if console is not None:
-        print_table(console, shown, f"ours beside published  ({out_dir / 'published.md'})")
+    (stage / "published.md").write_text(text)
+    return shown
 
 
 def print_table(console, display: pd.DataFrame, title: str) -> None:
