@@ -12,10 +12,12 @@ code 2; --debug shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
-from kd.errors import KDError
+from kd.errors import KDError, Stopped
 
 COMMANDS = ("run", "compare", "teacher", "evaluate", "list", "report", "bench")
 
@@ -78,8 +80,14 @@ def make_parser() -> ArgumentParser:
     return parser
 
 
+def on_sigterm(signum, frame):
+    raise Stopped(signal_name="SIGTERM")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)  # stop like Ctrl-C: checkpoints stay whole, the resume is named
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     try:
@@ -117,9 +125,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; finished epochs are kept in the run directory", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        run_dir = getattr(stop, "run_dir", None)
+        signal_name = getattr(stop, "signal_name", "SIGINT")
+        what = "interrupted" if signal_name == "SIGINT" else f"stopped by {signal_name}"
+        print(f"{what}; " + (f"the finished epochs are kept in {run_dir}: resume with `python run_kd.py --resume "
+                             f"{run_dir}`" if run_dir else "nothing had been written yet"), file=sys.stderr)
+        return 130 if signal_name == "SIGINT" else 143
     except OSError as err:  # the file system refused (full, read-only, no permission): the user's to fix
         if debug or not err.filename:
             raise

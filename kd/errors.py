@@ -20,6 +20,15 @@ class WriteFailed(KDError):
         self.problem = problem
 
 
+class Stopped(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a run, carrying the run directory that a resume continues (None before one was
+    made): the command line prints how to resume."""
+
+    def __init__(self, run_dir=None, signal_name: str = "SIGINT"):
+        super().__init__(str(run_dir))
+        self.run_dir, self.signal_name = run_dir, signal_name
+
+
 def one_line(err: BaseException) -> str:
     """An exception's text on one line (tarfile's and others' can span several)."""
     return " ".join(str(err).split()) or type(err).__name__

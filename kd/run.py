@@ -5,6 +5,7 @@ may train on demand); building the teacher here only loads it.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +20,7 @@ from kd.engine.rundir import RunDir
 from kd.engine.scalars import TensorBoardLog, require_tensorboard
 from kd.engine.trainee import Trainee, unwrap
 from kd.engine.trainer import Trainer
-from kd.errors import KDError, WriteFailed
+from kd.errors import KDError, Stopped, WriteFailed
 from kd.models import create_model
 from kd.recipe import Recipe, method_class, shown_value
 
@@ -218,7 +219,7 @@ def run_recipe(recipe: Recipe, console=None, progress=None) -> RunResult:
     if recipe.resume:
         run = RunDir.open(recipe.resume)
         check_same_recipe(run, recipe)
-        with locked(run, ctx):  # before loading anything: a second resume of the same run stops at once
+        with locked(run, ctx), stopped_in(run):  # locked before loading: a second resume of the run stops at once
             hw, data, teacher = load_inputs(recipe, console, ctx)
             return train_students(recipe, run, hw, data, teacher, ctx, console, progress, resuming=True)
     if ctx.is_main:
@@ -230,7 +231,7 @@ def run_recipe(recipe: Recipe, console=None, progress=None) -> RunResult:
             run.write_recipe(recipe.to_yaml(),
                              f"resolved on this machine: device, precision, memory format = {hw.describe()}")
         run = RunDir(broadcast(None if run is None else str(run.path)))  # the folder rank 0 made, on every rank
-        with locked(run, ctx):
+        with locked(run, ctx), stopped_in(run):
             return train_students(recipe, run, hw, data, teacher, ctx, console, progress)
     except (KDError, OSError) as err:
         if ctx.is_main and run.discard_if_unused():  # failed before any student finished an epoch: no debris
@@ -240,10 +241,19 @@ def run_recipe(recipe: Recipe, console=None, progress=None) -> RunResult:
         raise
 
 
+@contextlib.contextmanager
+def stopped_in(run: RunDir):
+    """Ctrl-C or SIGTERM while training in `run` becomes Stopped(run): the command line says how to resume it."""
+    try:
+        yield
+    except Stopped as stop:
+        raise Stopped(run.path, stop.signal_name) from None
+    except KeyboardInterrupt:
+        raise Stopped(run.path) from None
+
+
 def locked(run: RunDir, ctx: Distributed):
     """The run directory's lock, held by rank 0 (the only rank that writes)."""
-    import contextlib
-
     return run.lock() if ctx.is_main else contextlib.nullcontext()
 
 

@@ -164,3 +164,21 @@ def test_a_recipe_edited_by_hand_in_the_run_directory_is_refused_by_resume_and_r
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "recipe.yaml was changed after the run started" in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("how, code, said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "stopped by SIGTERM")])
+def test_ctrl_c_and_sigterm_print_the_command_that_resumes(tmp_path, how, code, said):
+    recipe = small_recipe(tmp_path, methods="[vanilla]", shapes="{train_size: 1200, test_size: 64, num_classes: 4}")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, str(ROOT / "run_kd.py"), str(recipe), "epochs=50", "batch_size=32"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((tmp_path / "runs").glob("*/vanilla-s0/metrics.csv")):
+        time.sleep(0.05)
+    process.send_signal(how)
+    err = process.communicate(timeout=120)[1]
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert process.returncode == code, err
+    assert f"{said}; the finished epochs are kept in {run_dir}: resume with `python run_kd.py --resume {run_dir}`" in err
+    assert "Traceback" not in err
